@@ -1,0 +1,1 @@
+"""The tierstore store server (import name ``tierstore.server``)."""
