@@ -1,0 +1,27 @@
+"""tierstore's client: store interfaces and their remote, local and in-memory implementations.
+
+    from tierstore.client import connect
+    client = connect("127.0.0.1:7070")
+    kv = client.key_value_store("counts", partition=0, num_partitions=8)
+"""
+
+from tierstore.client import errors
+from tierstore.client.interfaces import KeyValueStore, SessionStore, WindowStore
+from tierstore.client.local import LocalKeyValueStore
+from tierstore.client.memory import InMemoryKeyValueStore
+from tierstore.client.partitioner import partition_for
+from tierstore.client.remote import Client, Reader, RemoteKeyValueStore, connect
+
+__all__ = [
+    "Client",
+    "InMemoryKeyValueStore",
+    "KeyValueStore",
+    "LocalKeyValueStore",
+    "Reader",
+    "RemoteKeyValueStore",
+    "SessionStore",
+    "WindowStore",
+    "connect",
+    "errors",
+    "partition_for",
+]

@@ -1,0 +1,58 @@
+"""In-memory key-value store: the same contract, nothing durable beyond the process."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+from tierstore.client.buffered import BufferedKeyValueStore
+
+
+class InMemoryKeyValueStore(BufferedKeyValueStore):
+    """Committed state in a dict plus a sorted key list; commit swaps in the batch at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data: dict[bytes, bytes] = {}
+        self._sorted: list[bytes] = []
+
+    def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
+        d = self._data
+        return [d.get(k) for k in keys]
+
+    def _backend_scan(
+        self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        keys = self._sorted
+        if prefix is not None:
+            lo = bisect.bisect_left(keys, prefix)
+            chosen = []
+            for k in keys[lo:]:
+                if not k.startswith(prefix):
+                    break
+                chosen.append((k, self._data[k]))
+        else:
+            lo = 0 if from_key is None else bisect.bisect_left(keys, from_key)
+            hi = len(keys) if to_key is None else bisect.bisect_right(keys, to_key)
+            chosen = [(k, self._data[k]) for k in keys[lo:hi]]
+        if reverse:
+            chosen.reverse()
+        return iter(chosen)
+
+    def _backend_count(self) -> int:
+        return len(self._data)
+
+    def _backend_commit(
+        self, writes: dict[bytes, bytes | None], offsets: dict[str, int]
+    ) -> dict[str, int]:
+        data = self._data
+        for k, v in writes.items():
+            if v is None:
+                data.pop(k, None)
+            else:
+                data[k] = v
+        if writes:
+            self._sorted = sorted(data)
+        merged = dict(self._offsets)
+        merged.update(offsets)
+        return merged

@@ -1,0 +1,348 @@
+"""The remote client: `connect()`, remote key-value stores and readers over gRPC.
+
+A RemoteKeyValueStore claims its shard when it is created (fencing any earlier owner) and keeps
+a write-back buffer of uncommitted writes. The buffer goes to the server as one Commit message;
+when it outgrows its bound, it moves to the server ahead of the commit (Stage) and stays visible
+to this handle only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from tierstore.client._grpc import rpc, stream, translate
+from tierstore.client.buffered import BufferedKeyValueStore, check_bounds, check_key
+from tierstore.client.errors import (
+    FencedError,
+    StoreClosedError,
+    UnavailableError,
+)
+from tierstore.client.partitioner import partition_for
+from tierstore.v1 import store_pb2 as pb
+from tierstore.v1 import store_pb2_grpc
+
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class Client:
+    """A connection to a tierstore server. Thread-safe; store handles are not."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: Any = None,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        opts = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls:
+            creds = tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
+            self._channel = grpc.secure_channel(target, creds, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        self.target = target
+        self.timeout_s = timeout_s
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self.stub = store_pb2_grpc.StateStoreStub(self._channel)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError as exc:
+            raise UnavailableError(f"server {self.target} not reachable in {timeout_s}s") from exc
+
+    def key_value_store(
+        self,
+        name: str,
+        partition: int = 0,
+        num_partitions: int | None = None,
+        *,
+        buffer_max_bytes: int = 16 * 1024 * 1024,
+        buffer_max_entries: int = 100_000,
+    ) -> RemoteKeyValueStore:
+        """Claim shard (name, partition); creates the store on its first claim."""
+        return RemoteKeyValueStore(
+            self, name, partition, num_partitions or 0,
+            buffer_max_bytes=buffer_max_bytes, buffer_max_entries=buffer_max_entries,
+        )
+
+    def reader(self, name: str) -> Reader:
+        """Interactive queries on the committed state of every partition of a store."""
+        return Reader(self, name)
+
+    @rpc
+    def snapshot(self, store: str, partition: int = -1) -> list[tuple[int, int, int]]:
+        """Force a snapshot; returns (partition, snapshot_id, changelog_offset) per shard."""
+        resp = self.stub.Snapshot(
+            pb.SnapshotRequest(store=store, partition=partition),
+            timeout=max(self.timeout_s, 300), metadata=self.metadata,
+        )
+        return [(s.partition, s.snapshot_id, s.changelog_offset) for s in resp.snapshots]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(target: str, *, tls: Any = None, token: str | None = None, **kwargs: Any) -> Client:
+    return Client(target, tls=tls, token=token, **kwargs)
+
+
+class RemoteKeyValueStore(BufferedKeyValueStore):
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        partition: int,
+        num_partitions: int,
+        *,
+        buffer_max_bytes: int,
+        buffer_max_entries: int,
+    ) -> None:
+        super().__init__()
+        self._c = client
+        self.name = name
+        self.partition = partition
+        self._buf_max_bytes = buffer_max_bytes
+        self._buf_max_entries = buffer_max_entries
+        self._buf_bytes = 0
+        self._staged = 0
+        resp = self._open(num_partitions)
+        self.epoch: int = resp.epoch
+        self.num_partitions: int = resp.spec.num_partitions
+        self._seq: int = resp.last_commit_seq
+        self._offsets = dict(resp.committed_offsets)
+
+    @rpc
+    def _open(self, num_partitions: int) -> pb.OpenResponse:
+        if self.partition < 0:
+            from tierstore.client.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"partition must be >= 0, got {self.partition}")
+        resp: pb.OpenResponse = self._c.stub.Open(
+            pb.OpenRequest(
+                store=self.name, partition=self.partition, type=pb.STORE_TYPE_KV,
+                num_partitions=num_partitions,
+            ),
+            timeout=max(self._c.timeout_s, 600), metadata=self._c.metadata,
+        )
+        return resp
+
+    def _ref(self) -> dict[str, Any]:
+        return {"store": self.name, "partition": self.partition}
+
+    @rpc
+    def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
+        resp = self._c.stub.Get(
+            pb.GetRequest(store=self.name, partition=self.partition, epoch=self.epoch, keys=keys),
+            timeout=self._c.timeout_s, metadata=self._c.metadata,
+        )
+        return [v if f else None for v, f in zip(resp.values, resp.found, strict=True)]
+
+    def _backend_scan(
+        self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return _scan(self._c, self.name, self.partition, self.epoch, from_key, to_key, prefix,
+                     reverse)
+
+    @rpc
+    def _backend_count(self) -> int:
+        resp = self._c.stub.Count(
+            pb.CountRequest(store=self.name, partition=self.partition, epoch=self.epoch),
+            timeout=self._c.timeout_s, metadata=self._c.metadata,
+        )
+        return int(resp.approximate_num_entries)
+
+    def _after_write(self) -> None:
+        self._buf_bytes += 64  # a cheap estimate; recounted when it crosses the bound
+        if (len(self._writes) >= self._buf_max_entries
+                or self._buf_bytes >= self._buf_max_bytes):
+            actual = sum(len(k) + len(v or b"") for k, v in self._writes.items())
+            self._buf_bytes = actual
+            if actual >= self._buf_max_bytes or len(self._writes) >= self._buf_max_entries:
+                self._stage()
+
+    def _batch(self, writes: dict[bytes, bytes | None]) -> pb.WriteBatch:
+        pk = [k for k, v in writes.items() if v is not None]
+        pv = [v for v in writes.values() if v is not None]
+        dk = [k for k, v in writes.items() if v is None]
+        return pb.WriteBatch(put_keys=pk, put_values=pv, delete_keys=dk)
+
+    def _stage(self) -> None:
+        try:
+            self._c.stub.Stage(
+                pb.StageRequest(
+                    store=self.name, partition=self.partition, epoch=self.epoch,
+                    commit_seq=self._seq + 1, batch=self._batch(self._writes),
+                ),
+                timeout=self._c.timeout_s, metadata=self._c.metadata,
+            )
+        except grpc.RpcError as exc:
+            err = translate(exc)
+            if isinstance(err, FencedError):
+                self._closed = True
+            raise err from exc
+        self._staged += 1
+        self._writes = {}
+        self._buf_bytes = 0
+
+    def _backend_commit(
+        self, writes: dict[bytes, bytes | None], offsets: dict[str, int]
+    ) -> dict[str, int]:
+        req = pb.CommitRequest(
+            store=self.name, partition=self.partition, epoch=self.epoch,
+            commit_seq=self._seq + 1, staged_batches=self._staged,
+            batch=self._batch(writes), offsets=offsets,
+        )
+        deadline = time.monotonic() + self._c.timeout_s
+        delay = 0.05
+        while True:
+            try:
+                resp = self._c.stub.Commit(
+                    req, timeout=self._c.timeout_s, metadata=self._c.metadata
+                )
+                break
+            except grpc.RpcError as exc:
+                err = translate(exc)
+                if isinstance(err, FencedError):
+                    self._closed = True
+                    raise err from exc
+                # UNAVAILABLE: retrying the same commit_seq is safe (the server applies a
+                # commit number once), so retry until the deadline.
+                if isinstance(err, UnavailableError) and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise err from exc
+        self._seq += 1
+        self._staged = 0
+        self._buf_bytes = 0
+        return dict(resp.committed_offsets)
+
+    def _backend_close(self) -> None:
+        try:
+            self._c.stub.Close(
+                pb.CloseRequest(store=self.name, partition=self.partition, epoch=self.epoch),
+                timeout=self._c.timeout_s, metadata=self._c.metadata,
+            )
+        except grpc.RpcError:
+            pass  # closing a fenced or unreachable handle has nothing left to release
+
+    def __enter__(self) -> RemoteKeyValueStore:
+        return self
+
+
+def _scan(
+    c: Client, store: str, partition: int, epoch: int, from_key: bytes | None,
+    to_key: bytes | None, prefix: bytes | None, reverse: bool,
+) -> Iterator[tuple[bytes, bytes]]:
+    req = pb.ScanRequest(store=store, partition=partition, epoch=epoch, reverse=reverse)
+    if prefix is not None:
+        req.prefix = prefix
+    if from_key is not None:
+        req.from_key = from_key
+    if to_key is not None:
+        req.to_key = to_key
+    pages = stream(c.stub.Scan(req, timeout=None, metadata=c.metadata))
+    for page in pages:
+        yield from zip(page.keys, page.values, strict=True)
+
+
+class Reader:
+    """Reads committed state across all partitions of a store; keys are routed with Kafka's
+    default partitioner (murmur2), and scans are merged across partitions in key order."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._c = client
+        self.name = name
+        spec = self._describe()
+        self.num_partitions = int(spec.num_partitions)
+
+    @rpc
+    def _describe(self) -> pb.StoreSpec:
+        resp = self._c.stub.DescribeStore(
+            pb.DescribeStoreRequest(store=self.name), timeout=self._c.timeout_s,
+            metadata=self._c.metadata,
+        )
+        return resp.spec
+
+    def partition_for(self, key: bytes) -> int:
+        return partition_for(key, self.num_partitions)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.multi_get([key])[0]
+
+    @rpc
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        for k in keys:
+            check_key(k)
+        by_part: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_part.setdefault(self.partition_for(k), []).append(i)
+        out: list[bytes | None] = [None] * len(keys)
+        for p, idx in by_part.items():
+            resp = self._c.stub.Get(
+                pb.GetRequest(store=self.name, partition=p, keys=[keys[i] for i in idx]),
+                timeout=self._c.timeout_s, metadata=self._c.metadata,
+            )
+            for i, v, f in zip(idx, resp.values, resp.found, strict=True):
+                out[i] = v if f else None
+        return out
+
+    def _merged(
+        self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if prefix is not None:
+            check_key(prefix, "prefix")
+        else:
+            check_bounds(from_key, to_key)
+        streams = [
+            _scan(self._c, self.name, p, 0, from_key, to_key, prefix, reverse)
+            for p in range(self.num_partitions)
+        ]
+        return heapq.merge(*streams, key=lambda kv: kv[0], reverse=reverse)
+
+    def range(self, from_key: bytes | None, to_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        return self._merged(from_key, to_key, None, False)
+
+    def reverse_range(
+        self, from_key: bytes | None, to_key: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self._merged(from_key, to_key, None, True)
+
+    def prefix_scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._merged(None, None, prefix, False)
+
+    def all(self) -> Iterator[tuple[bytes, bytes]]:
+        return self._merged(None, None, None, False)
+
+    @rpc
+    def approximate_num_entries(self) -> int:
+        total = 0
+        for p in range(self.num_partitions):
+            resp = self._c.stub.Count(
+                pb.CountRequest(store=self.name, partition=p), timeout=self._c.timeout_s,
+                metadata=self._c.metadata,
+            )
+            total += int(resp.approximate_num_entries)
+        return total
+
+
+__all__ = ["Client", "Reader", "RemoteKeyValueStore", "StoreClosedError", "connect"]

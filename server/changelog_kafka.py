@@ -1,0 +1,469 @@
+"""The changelog on Kafka (confluent-kafka / librdkafka): one compacted topic per store.
+
+Atomicity is NOT taken from Kafka: a batch is a run of data records followed by a marker record
+(key ``b""``), and the marker is produced only after every data record of the batch was
+acknowledged, so a marker in the log proves its whole batch is in the log before it. A failed
+append may leave some data records of the batch in the log without a marker; the restore protocol
+(record headers + markers) ignores them. Nothing here relies on transactions, on compaction, or on
+the high watermark (wrong on Tansu): the end of a partition is found with partition-EOF events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tierstore.server.errors import ChangelogError, InvalidArgumentError
+from tierstore.server.ports import ChangelogRecord, Header
+
+_log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+_WEEK_MS = 7 * 24 * 3600 * 1000
+_EOF = KafkaError._PARTITION_EOF
+_STORE_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_DELIVERY_GRACE_S = 5.0  # librdkafka scans for timed-out messages about once a second
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Connection, topic and client settings. Times are milliseconds, sizes bytes."""
+
+    bootstrap: str
+    topic_prefix: str = "tierstore-"
+    replication_factor: int = -1  # -1: the broker's default.replication.factor
+    min_compaction_lag_ms: int = _WEEK_MS
+    delete_retention_ms: int = _WEEK_MS
+    # values up to 8 MiB + keys up to 64 KiB + headers and record framing
+    max_message_bytes: int = 9 * MiB + 64 * 1024
+    linger_ms: int = 2
+    batch_size: int = 4 * MiB
+    batch_num_messages: int = 10_000
+    compression_type: str = "none"
+    message_timeout_ms: int = 30_000  # bound on one append's wait for its acknowledgements
+    request_timeout_ms: int = 10_000
+    admin_timeout_ms: int = 30_000
+    fetch_wait_max_ms: int = 10  # the broker waits this long on an empty fetch: sets EOF latency
+    fetch_max_bytes: int = 64 * MiB
+    read_page_records: int = 5_000
+    read_idle_timeout_ms: int = 30_000  # a read with no record and no EOF for this long fails
+    client_id: str = "tierstore"
+    # extra librdkafka settings for all three clients, e.g. (("security.protocol", "SSL"),)
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def _common(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id, **self._extra()}
+
+    def _extra(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+    def to_confluent_producer(self) -> dict[str, Any]:
+        return {
+            **self._common(),
+            "enable.idempotence": True,  # implies acks=all, in-order retries
+            "acks": "all",
+            "linger.ms": self.linger_ms,
+            "batch.size": self.batch_size,
+            "batch.num.messages": self.batch_num_messages,
+            "compression.type": self.compression_type,
+            "message.max.bytes": self.max_message_bytes,
+            "message.timeout.ms": self.message_timeout_ms,
+            "request.timeout.ms": min(self.request_timeout_ms, self.message_timeout_ms),
+            **dict(self.extra),
+        }
+
+    def to_confluent_consumer(self) -> dict[str, Any]:
+        return {
+            **self._common(),
+            "group.id": f"{self.client_id}-changelog-reader",  # required by the client; unused
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "error",  # an offset outside the log is an error, not a jump
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
+            "max.partition.fetch.bytes": max(self.max_message_bytes, self.fetch_max_bytes // 4),
+            "fetch.max.bytes": self.fetch_max_bytes,
+            "receive.message.max.bytes": self.fetch_max_bytes + self.max_message_bytes + MiB,
+            **dict(self.extra),
+        }
+
+    def to_admin(self) -> dict[str, Any]:
+        return self._common()
+
+    def topic_configs(self) -> dict[str, str]:
+        return {
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": str(self.min_compaction_lag_ms),
+            "delete.retention.ms": str(self.delete_retention_ms),
+            "max.message.bytes": str(self.max_message_bytes),
+        }
+
+
+def _describe(err: KafkaError) -> str:
+    flags = "".join(
+        f" ({word})" for word, on in (("fatal", err.fatal()), ("retriable", err.retriable())) if on
+    )
+    return f"{err.name()}: {err.str()}{flags}"
+
+
+def _error_of(exc: KafkaException) -> KafkaError | None:
+    arg = exc.args[0] if exc.args else None
+    return arg if isinstance(arg, KafkaError) else None
+
+
+class _Waiter:
+    """Counts the delivery reports of one append call. Called on the poller thread (or on any
+    thread serving the producer's queue); `itertools.count` is atomic under the GIL."""
+
+    __slots__ = ("_count", "_expected", "done", "error", "offset")
+
+    def __init__(self, expected: int) -> None:
+        self._expected = expected
+        self._count = itertools.count(1)
+        self.done = threading.Event()
+        self.error: KafkaError | None = None
+        self.offset = -1
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self.error is None:
+                self.error = err
+            self.done.set()  # the batch has failed: stop waiting for the rest
+        else:
+            self.offset = msg.offset() or 0
+        if next(self._count) == self._expected:
+            self.done.set()
+
+
+class KafkaChangelog:
+    """`Changelog` on Kafka. One idempotent producer for the whole server, shared by threads;
+    a background thread serves its delivery reports. Each read uses its own short-lived consumer
+    with assign() (no group). Every failure is raised as ChangelogError with the Kafka error as
+    its cause."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self._cfg = config
+        self._lock = threading.Lock()  # producer/admin creation and replacement, close
+        self._topic_lock = threading.Lock()  # serialises topic creation
+        self._known: dict[str, int] = {}  # topic -> partition count, verified on the broker
+        self._producer: Producer | None = None
+        self._retired: list[Producer] = []  # replaced after a fatal error; drained by the poller
+        self._admin: AdminClient | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+
+    def topic_for(self, store: str) -> str:
+        if not _STORE_RE.fullmatch(store):
+            raise InvalidArgumentError(f"invalid store name {store!r}")
+        return f"{self._cfg.topic_prefix}{store}-changelog"
+
+    # ---- topics ----------------------------------------------------------------------------
+
+    def ensure_topic(self, store: str, num_partitions: int) -> None:
+        """Create the store's compacted topic if missing, then check on the broker's metadata
+        that it has `num_partitions` partitions. Idempotent and thread-safe; a verified topic is
+        cached. Raises ChangelogError if the counts differ or the broker cannot be reached."""
+        topic = self.topic_for(store)
+        if num_partitions < 1:
+            raise InvalidArgumentError(f"num_partitions must be >= 1, got {num_partitions}")
+        known = self._known.get(topic)
+        if known is None:
+            with self._topic_lock:
+                known = self._known.get(topic)
+                if known is None:
+                    known = self._create_topic(topic, num_partitions)
+                    self._known[topic] = known
+        if known != num_partitions:
+            raise ChangelogError(
+                f"changelog topic {topic} has {known} partitions, but {num_partitions} were asked"
+            )
+
+    def _create_topic(self, topic: str, num_partitions: int) -> int:
+        admin = self._get_admin()
+        timeout_s = self._cfg.admin_timeout_ms / 1000
+        new = NewTopic(topic, num_partitions, self._cfg.replication_factor,
+                       config=self._cfg.topic_configs())
+        try:
+            future = admin.create_topics([new], operation_timeout=timeout_s,
+                                         request_timeout=timeout_s)[topic]
+            future.result(timeout=timeout_s + 5)
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ChangelogError(f"cannot create changelog topic {topic}: {exc}") from exc
+        except Exception as exc:  # e.g. concurrent.futures.TimeoutError
+            raise ChangelogError(f"cannot create changelog topic {topic}: {exc!r}") from exc
+        return self._partition_count(admin, topic, time.monotonic() + timeout_s)
+
+    def _partition_count(self, admin: AdminClient, topic: str, deadline: float) -> int:
+        """The topic's partition count from metadata, waiting for it to show up (a new topic
+        may take a moment to reach every broker's metadata)."""
+        while True:
+            try:
+                md = admin.list_topics(topic=topic, timeout=max(0.1, deadline - time.monotonic()))
+                tmd = md.topics.get(topic)
+                if tmd is not None and tmd.error is None and tmd.partitions:
+                    return len(tmd.partitions)
+                problem = f"metadata error {tmd.error}" if tmd is not None else "not in metadata"
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    raise ChangelogError(f"cannot read metadata of {topic}: {exc}") from exc
+                problem = str(exc)
+            if time.monotonic() >= deadline:
+                raise ChangelogError(f"changelog topic {topic} did not appear: {problem}")
+            self._stop.wait(0.05)
+
+    def _get_admin(self) -> AdminClient:
+        with self._lock:
+            self._check_open()
+            if self._admin is None:
+                self._admin = AdminClient(self._cfg.to_admin())
+            return self._admin
+
+    # ---- append ----------------------------------------------------------------------------
+
+    def append_batch(
+        self,
+        store: str,
+        partition: int,
+        keys: Sequence[bytes],
+        values: Sequence[bytes | None],
+        headers: Sequence[Header],
+        marker_value: bytes,
+        marker_headers: Sequence[Header],
+    ) -> int:
+        """Produce the data records in order, wait for ALL of their acknowledgements, then
+        produce the marker (key b"") and wait for it; return the marker's offset.
+
+        Not atomic on its own: on any failure (a produce error, a failed delivery report, or no
+        report within message_timeout_ms + a grace) ChangelogError is raised, the marker is not
+        written, and some data records of this batch may be in the log (or land later). Waits
+        only for this call's own messages, so concurrent calls do not delay each other."""
+        if len(keys) != len(values):
+            raise InvalidArgumentError(f"{len(keys)} keys but {len(values)} values")
+        topic = self.topic_for(store)
+        producer = self._get_producer()
+        if keys:
+            data = _Waiter(len(keys))
+            self._produce(producer, topic, partition, keys, values, list(headers) or None, data)
+            self._await(producer, data, topic, partition, f"{len(keys)} data records")
+        marker = _Waiter(1)
+        mh = list(marker_headers) or None
+        self._produce(producer, topic, partition, (b"",), (marker_value,), mh, marker)
+        self._await(producer, marker, topic, partition, "the commit marker")
+        return marker.offset
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        partition: int,
+        keys: Sequence[bytes],
+        values: Sequence[bytes | None],
+        headers: list[Any] | None,
+        waiter: _Waiter,
+    ) -> None:
+        produce = producer.produce
+        try:
+            for key, value in zip(keys, values, strict=True):
+                try:
+                    produce(topic, value, key, partition, on_delivery=waiter, headers=headers)
+                except BufferError:  # local queue full: let the poller drain it, then retry
+                    deadline = time.monotonic() + self._cfg.message_timeout_ms / 1000
+                    while True:
+                        producer.poll(0.05)
+                        try:
+                            produce(topic, value, key, partition, on_delivery=waiter,
+                                    headers=headers)
+                            break
+                        except BufferError:
+                            if time.monotonic() >= deadline:
+                                raise
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if err is not None:
+                self._note_error(producer, err)
+            raise ChangelogError(f"cannot produce to {topic}[{partition}]: {exc}") from exc
+        except BufferError as exc:
+            raise ChangelogError(f"producer queue full for {topic}[{partition}]") from exc
+
+    def _await(
+        self, producer: Producer, waiter: _Waiter, topic: str, partition: int, what: str
+    ) -> None:
+        timeout_s = self._cfg.message_timeout_ms / 1000 + _DELIVERY_GRACE_S
+        if not waiter.done.wait(timeout_s):
+            raise ChangelogError(
+                f"no delivery report for {what} to {topic}[{partition}] within {timeout_s:.1f}s"
+            )
+        err = waiter.error
+        if err is not None:
+            self._note_error(producer, err)
+            raise ChangelogError(
+                f"delivery of {what} to {topic}[{partition}] failed: {_describe(err)}"
+            ) from KafkaException(err)
+
+    def _note_error(self, producer: Producer, err: KafkaError) -> None:
+        """After a fatal error the idempotent producer is unusable: retire it (its queued
+        messages fail) so that the next append gets a fresh one."""
+        if not (err.fatal() or err.code() == KafkaError._FATAL):
+            return
+        with self._lock:
+            if self._producer is producer:
+                _log.error("changelog producer hit a fatal error, replacing it: %s",
+                           _describe(err))
+                self._producer = None
+                self._retired.append(producer)
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+        except KafkaException:
+            _log.debug("purge of a failed producer failed", exc_info=True)
+
+    def _get_producer(self) -> Producer:
+        producer = self._producer
+        if producer is not None:
+            return producer
+        with self._lock:
+            self._check_open()
+            if self._producer is None:
+                try:
+                    self._producer = Producer(
+                        {**self._cfg.to_confluent_producer(), "error_cb": self._on_error,
+                         "logger": _log}
+                    )
+                except KafkaException as exc:
+                    raise ChangelogError(f"cannot create the Kafka producer: {exc}") from exc
+            if self._poller is None:
+                self._poller = threading.Thread(
+                    target=self._poll_loop, name="changelog-producer-poll", daemon=True
+                )
+                self._poller.start()
+            return self._producer
+
+    def _on_error(self, err: KafkaError) -> None:
+        _log.warning("changelog Kafka client error: %s", _describe(err))
+
+    def _poll_loop(self) -> None:
+        """Serves delivery reports (which wake the waiting append calls) until close()."""
+        while not self._stop.is_set():
+            try:
+                for old in list(self._retired):
+                    old.poll(0)
+                    if len(old) == 0:
+                        self._retired.remove(old)
+                producer = self._producer
+                if producer is None:
+                    self._stop.wait(0.05)
+                else:
+                    producer.poll(0.1)
+            except Exception:  # a callback must never kill the poller
+                _log.exception("changelog producer poll failed")
+
+    # ---- read ------------------------------------------------------------------------------
+
+    def read(
+        self, store: str, partition: int, start_offset: int
+    ) -> Iterator[list[ChangelogRecord]]:
+        """Yield the records from `start_offset` to the end of the partition in pages (lists of
+        at most read_page_records), ending at the partition-EOF event; an empty partition or a
+        start offset equal to the end yields nothing. Raises ChangelogError on a Kafka error
+        (e.g. start_offset outside the log on Apache Kafka) or if neither a record nor the EOF
+        arrives for read_idle_timeout_ms (broker down; on Tansu also a start offset beyond the
+        end). Closing the generator early closes its consumer."""
+        topic = self.topic_for(store)
+        if start_offset < 0 or partition < 0:
+            raise InvalidArgumentError(f"bad partition {partition} or offset {start_offset}")
+        with self._lock:
+            self._check_open()
+        return self._read(topic, partition, start_offset)
+
+    def _read(self, topic: str, partition: int, start: int) -> Iterator[list[ChangelogRecord]]:
+        where = f"{topic}[{partition}] from offset {start}"
+        try:
+            consumer = Consumer({**self._cfg.to_confluent_consumer(), "logger": _log})
+        except KafkaException as exc:
+            raise ChangelogError(f"cannot create a Kafka consumer for {where}: {exc}") from exc
+        idle_s = self._cfg.read_idle_timeout_ms / 1000
+        more = self._cfg.read_page_records - 1
+        try:
+            consumer.assign([TopicPartition(topic, partition, start)])
+            deadline = time.monotonic() + idle_s
+            while True:
+                first = consumer.poll(max(0.0, min(1.0, deadline - time.monotonic())))
+                if first is None:
+                    if time.monotonic() >= deadline:
+                        raise ChangelogError(
+                            f"reading {where}: neither a record nor end-of-partition within "
+                            f"{idle_s:.1f}s (broker unreachable, or offset beyond the end?)"
+                        )
+                    continue
+                msgs = [first, *consumer.consume(more, 0)] if more > 0 else [first]
+                page, eof = _records(msgs, where)
+                if page:
+                    yield page
+                if eof:
+                    return
+                deadline = time.monotonic() + idle_s
+        except KafkaException as exc:
+            raise ChangelogError(f"reading {where} failed: {exc}") from exc
+        finally:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError):
+                _log.debug("closing a changelog consumer failed", exc_info=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush outstanding appends (for up to message_timeout_ms), stop the poller and close
+        the producer. Never raises; messages still undelivered are logged and abandoned (their
+        append calls fail). Idempotent; later calls of any other method raise ChangelogError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            producer, poller = self._producer, self._poller
+        if producer is not None:
+            left = producer.flush(self._cfg.message_timeout_ms / 1000)
+            if left:
+                _log.warning("closing the changelog with %d messages undelivered", left)
+        self._stop.set()
+        if poller is not None:
+            poller.join()
+        if producer is not None:
+            try:
+                producer.close()
+            except (KafkaException, RuntimeError):
+                _log.debug("closing the changelog producer failed", exc_info=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChangelogError("the changelog is closed")
+
+
+def _records(msgs: list[Message], where: str) -> tuple[list[ChangelogRecord], bool]:
+    """Convert one batch of consumed messages; stop at the partition-EOF event."""
+    page: list[ChangelogRecord] = []
+    append = page.append
+    record = ChangelogRecord
+    for m in msgs:
+        err = m.error()
+        if err is not None:
+            if err.code() == _EOF:
+                return page, True
+            raise ChangelogError(f"reading {where}: {_describe(err)}") from KafkaException(err)
+        key = m.key()
+        hdrs = m.headers()
+        append(record(m.offset() or 0, b"" if key is None else key, m.value(),
+                      tuple(hdrs) if hdrs else ()))  # type: ignore[arg-type]
+    return page, False

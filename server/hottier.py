@@ -1,0 +1,283 @@
+"""The hot tier: one RocksDB database (rocksdict, raw mode) per shard, sharing one memory budget.
+
+Each shard database has two column families:
+- ``default``: the user's keys and values, byte-for-byte;
+- ``meta``: the shard's epoch, commit sequence, changelog offset and committed input offsets.
+
+Data and metadata are always written in one WriteBatch, so they are durable together or not at
+all. This module knows nothing of gRPC, Kafka or S3.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    Options,
+    ReadOptions,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
+
+from tierstore.server.errors import StateStoreError, UnavailableError
+from tierstore.server.keys import next_key, prefix_upper_bound
+
+META_CF = "meta"
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+K_EPOCH = b"epoch"
+K_COMMIT_SEQ = b"commit_seq"
+K_CHANGELOG_OFFSET = b"changelog_offset"
+K_OFFSETS = b"offsets"
+
+
+@dataclass(frozen=True)
+class HotTierConfig:
+    """The memory budget shared by every shard on the server."""
+
+    block_cache_bytes: int = 256 * 1024 * 1024
+    write_buffer_bytes: int = 128 * 1024 * 1024  # all memtables of all shards together
+    write_buffer_size_per_shard: int = 16 * 1024 * 1024
+    max_open_files_per_shard: int = 256
+
+
+class _SharedResources:
+    def __init__(self, cfg: HotTierConfig) -> None:
+        self.cache = Cache(cfg.block_cache_bytes)
+        self.wbm = WriteBufferManager.new_write_buffer_manager_with_cache(
+            cfg.write_buffer_bytes, False, self.cache
+        )
+
+
+def rocks_error_kind(exc: BaseException) -> str:
+    """Classify a rocksdict exception by its message: 'lock', 'nospace', 'corruption' or 'other'.
+
+    rocksdict raises plain exceptions carrying RocksDB's status text; this is the one place
+    that reads those strings.
+    """
+    text = str(exc).lower()
+    if "lock" in text and ("resource temporarily unavailable" in text or "lock hold" in text):
+        return "lock"
+    if "no space" in text or "nospace" in text or "enospc" in text:
+        return "nospace"
+    if "corrupt" in text:
+        return "corruption"
+    return "other"
+
+
+def _wrap(exc: Exception, what: str) -> StateStoreError:
+    kind = rocks_error_kind(exc)
+    if kind == "nospace":
+        return UnavailableError(f"{what}: disk full on the data dir ({exc})")
+    if kind == "lock":
+        return UnavailableError(f"{what}: database is locked by another process ({exc})")
+    return UnavailableError(f"{what}: {exc}")
+
+
+@dataclass
+class ShardMeta:
+    epoch: int = 0
+    commit_seq: int = 0
+    changelog_offset: int = 0  # the next changelog offset this state has not applied
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+class HotTier:
+    """Opens shard databases under one shared block cache and write-buffer budget."""
+
+    def __init__(self, root: Path, cfg: HotTierConfig | None = None) -> None:
+        self.root = root
+        self.cfg = cfg or HotTierConfig()
+        self._shared = _SharedResources(self.cfg)
+        self._lock = threading.Lock()
+
+    def options(self) -> Options:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_write_buffer_size(self.cfg.write_buffer_size_per_shard)
+        opts.set_write_buffer_manager(self._shared.wbm)
+        opts.set_max_open_files(self.cfg.max_open_files_per_shard)
+        table = BlockBasedOptions()
+        table.set_block_cache(self._shared.cache)
+        table.set_bloom_filter(10, False)
+        table.set_cache_index_and_filter_blocks(True)
+        opts.set_block_based_table_factory(table)
+        return opts
+
+    def open(self, path: Path) -> ShardDB:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opts = self.options()
+        try:
+            db = Rdict(str(path), opts, column_families={META_CF: self.options()})
+        except Exception as exc:
+            raise _wrap(exc, f"opening shard database {path}") from exc
+        return ShardDB(path, db)
+
+    def block_cache_usage(self) -> int:
+        return int(self._shared.cache.get_usage())
+
+    def memtable_usage(self) -> int:
+        return int(self._shared.wbm.get_usage())
+
+
+class ShardDB:
+    """One shard's RocksDB database. Reads are thread-safe; writes are serialized by the caller."""
+
+    def __init__(self, path: Path, db: Rdict) -> None:
+        self.path = path
+        self._db = db
+        self._meta_cf = db.get_column_family_handle(META_CF)
+        self._meta = db.get_column_family(META_CF)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self._nosync = WriteOptions()
+        self.closed = False
+
+    # --- metadata -------------------------------------------------------------------------
+    def read_meta(self) -> ShardMeta:
+        m = self._meta
+        raw = m.get([K_EPOCH, K_COMMIT_SEQ, K_CHANGELOG_OFFSET, K_OFFSETS])
+        return ShardMeta(
+            epoch=_U64.unpack(raw[0])[0] if raw[0] else 0,
+            commit_seq=_U64.unpack(raw[1])[0] if raw[1] else 0,
+            changelog_offset=_I64.unpack(raw[2])[0] if raw[2] else 0,
+            offsets=json.loads(raw[3]) if raw[3] else {},
+        )
+
+    # --- writes ---------------------------------------------------------------------------
+    def apply(
+        self,
+        put_keys: Sequence[bytes],
+        put_values: Sequence[bytes],
+        delete_keys: Sequence[bytes],
+        meta: ShardMeta,
+        *,
+        sync: bool,
+    ) -> None:
+        """Write the data and the shard metadata in one atomic WriteBatch.
+
+        With ``sync`` the WAL is fsynced before returning (the durability point when there is no
+        changelog). On failure nothing is applied and UnavailableError is raised.
+        """
+        wb = WriteBatch(raw_mode=True)
+        put = wb.put
+        for k, v in zip(put_keys, put_values, strict=True):
+            put(k, v)
+        delete = wb.delete
+        for k in delete_keys:
+            delete(k)
+        self._put_meta(wb, meta)
+        self._write(wb, sync=sync)
+
+    def apply_log(
+        self, keys: Sequence[bytes], values: Sequence[bytes | None], meta: ShardMeta
+    ) -> None:
+        """Apply changelog records in log order (None deletes) with `meta`, in one WriteBatch."""
+        wb = WriteBatch(raw_mode=True)
+        put = wb.put
+        delete = wb.delete
+        for k, v in zip(keys, values, strict=True):
+            if v is None:
+                delete(k)
+            else:
+                put(k, v)
+        self._put_meta(wb, meta)
+        self._write(wb, sync=False)
+
+    def _put_meta(self, wb: WriteBatch, meta: ShardMeta) -> None:
+        cf = self._meta_cf
+        wb.put(K_EPOCH, _U64.pack(meta.epoch), cf)
+        wb.put(K_COMMIT_SEQ, _U64.pack(meta.commit_seq), cf)
+        wb.put(K_CHANGELOG_OFFSET, _I64.pack(meta.changelog_offset), cf)
+        wb.put(K_OFFSETS, json.dumps(meta.offsets, sort_keys=True).encode(), cf)
+
+    def _write(self, wb: WriteBatch, *, sync: bool) -> None:
+        try:
+            self._db.write(wb, self._sync if sync else self._nosync)
+        except Exception as exc:
+            raise _wrap(exc, f"writing shard {self.path}") from exc
+
+    def delete_range(self, begin: bytes, end: bytes) -> None:
+        self._db.delete_range(begin, end)
+
+    # --- reads ----------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        result: list[bytes | None] = self._db.get(list(keys))
+        return result
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def iterate(
+        self,
+        from_key: bytes | None,
+        to_key: bytes | None,
+        reverse: bool = False,
+        prefix: bytes | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (key, value) with from_key <= key <= to_key (both inclusive), or under a prefix.
+
+        The iterator reads one consistent RocksDB view taken when it starts.
+        """
+        lower: bytes | None = from_key
+        upper: bytes | None = None  # exclusive
+        if prefix:
+            lower = prefix
+            upper = prefix_upper_bound(prefix)
+        elif to_key is not None:
+            upper = next_key(to_key)
+        ro = ReadOptions()
+        if lower is not None:
+            ro.set_iterate_lower_bound(lower)
+        if upper is not None:
+            ro.set_iterate_upper_bound(upper)
+        if reverse:
+            start = to_key if (to_key is not None and not prefix) else None
+            if start is None:
+                return iter(self._db.items(backwards=True, read_opt=ro))
+            return iter(self._db.items(backwards=True, from_key=start, read_opt=ro))
+        if lower is None:
+            return iter(self._db.items(read_opt=ro))
+        return iter(self._db.items(from_key=lower, read_opt=ro))
+
+    def approximate_num_entries(self) -> int:
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def live_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def checkpoint(self, dest: Path) -> None:
+        """Create a RocksDB checkpoint (hard links to the immutable SSTs plus a flushed memtable)
+        in `dest`, which must not exist."""
+        try:
+            Checkpoint(self._db).create_checkpoint(str(dest))
+        except Exception as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise _wrap(exc, f"checkpointing shard {self.path}") from exc
+
+    def flush(self) -> None:
+        self._db.flush()
+        self._db.flush_wal(True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._db.flush_wal(True)
+            finally:
+                self._db.close()

@@ -1,0 +1,197 @@
+"""The shard registry: which stores exist, which shards are open here, and loading them.
+
+Loading a shard that is not on local disk restores it: the newest valid snapshot from the object
+store, then the changelog from the snapshot's offset to the end (tierstore.server.restore).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierstore.server.errors import ObjectNotFoundError, StoreNotFoundError
+from tierstore.server.hottier import HotTier
+from tierstore.server.ports import Changelog, ObjectStore
+from tierstore.server.restore import ReplayResult, replay_changelog
+from tierstore.server.shard import Shard, ShardLimits
+from tierstore.server.snapshots import SnapshotStore
+from tierstore.server.specs import StoreSpec, check_store_name, reconcile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How a shard came to be open: for logs, metrics and tests."""
+
+    source: str  # "local", "snapshot", "changelog" or "new"
+    snapshot_id: int | None
+    replay: ReplayResult | None
+
+
+class Registry:
+    def __init__(
+        self,
+        data_dir: Path,
+        hot: HotTier,
+        objects: ObjectStore,
+        snapshots: SnapshotStore,
+        changelog: Changelog | None,
+        limits: ShardLimits,
+    ) -> None:
+        self.data_dir = data_dir
+        self.hot = hot
+        self.objects = objects
+        self.snapshots = snapshots
+        self.changelog = changelog
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._specs: dict[str, StoreSpec] = {}
+        self._shards: dict[tuple[str, int], Shard] = {}
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self.load_reports: dict[tuple[str, int], LoadReport] = {}
+        (data_dir / "stores").mkdir(parents=True, exist_ok=True)
+        (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(data_dir / "tmp", ignore_errors=True)
+        (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+
+    # --- store specs ----------------------------------------------------------------------
+    def _spec_path(self, name: str) -> Path:
+        return self.data_dir / "stores" / f"{name}.json"
+
+    def find_spec(self, name: str) -> StoreSpec | None:
+        check_store_name(name)
+        with self._lock:
+            spec = self._specs.get(name)
+        if spec is not None:
+            return spec
+        path = self._spec_path(name)
+        data: bytes | None = path.read_bytes() if path.exists() else None
+        if data is None:
+            try:
+                data = self.objects.get_bytes(f"stores/{name}.json")
+            except ObjectNotFoundError:
+                return None
+        spec = StoreSpec.from_json(data)
+        with self._lock:
+            self._specs.setdefault(name, spec)
+        return spec
+
+    def describe(self, name: str) -> StoreSpec:
+        spec = self.find_spec(name)
+        if spec is None:
+            raise StoreNotFoundError(f"store {name!r} does not exist")
+        return spec
+
+    def resolve(
+        self, name: str, type_: str, num_partitions: int, window_size_ms: int, retention_ms: int
+    ) -> StoreSpec:
+        """The store's spec, creating the store if this is its first claim."""
+        existing = self.find_spec(name)
+        spec = reconcile(existing, name, type_, num_partitions, window_size_ms, retention_ms)
+        if existing is None:
+            if self.changelog is not None:
+                self.changelog.ensure_topic(name, spec.num_partitions)
+            self.objects.put_bytes(f"stores/{name}.json", spec.to_json())
+            tmp = self._spec_path(name).with_suffix(".tmp")
+            tmp.write_bytes(spec.to_json())
+            tmp.replace(self._spec_path(name))
+            with self._lock:
+                self._specs[name] = spec
+            log.info("created store %s (%s, %d partitions)", name, spec.type, spec.num_partitions)
+        return spec
+
+    def list_specs(self) -> list[StoreSpec]:
+        names = {p.stem for p in (self.data_dir / "stores").glob("*.json")}
+        names |= {
+            o.key.removeprefix("stores/").removesuffix(".json")
+            for o in self.objects.list("stores/")
+            if o.key.endswith(".json")
+        }
+        return [s for n in sorted(names) if (s := self.find_spec(n)) is not None]
+
+    # --- shards ---------------------------------------------------------------------------
+    def shard_dir(self, store: str, partition: int) -> Path:
+        return self.data_dir / "shards" / store / str(partition)
+
+    def shard(self, spec: StoreSpec, partition: int) -> Shard:
+        """The open shard, loading (and if need be restoring) it first."""
+        spec.check_partition(partition)
+        key = (spec.name, partition)
+        with self._lock:
+            sh = self._shards.get(key)
+            if sh is not None and not sh.broken:
+                return sh
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                sh = self._shards.get(key)
+            if sh is not None and sh.broken:
+                log.warning("reloading shard %s: %s", sh.name, sh.broken)
+                sh.close()
+                sh = None
+            if sh is None:
+                sh = self._load(spec, partition)
+                with self._lock:
+                    self._shards[key] = sh
+            return sh
+
+    def open_shards(self) -> list[Shard]:
+        with self._lock:
+            return list(self._shards.values())
+
+    def _load(self, spec: StoreSpec, partition: int) -> Shard:
+        path = self.shard_dir(spec.name, partition)
+        source, snapshot_id = "local", None
+        if not (path / "CURRENT").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            tmp = self.data_dir / "tmp" / f"restore-{uuid.uuid4().hex}"
+            manifest = self.snapshots.restore_latest(spec.name, partition, tmp)
+            if manifest is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.replace(path)
+                source, snapshot_id = "snapshot", manifest.snapshot_id
+                log.info("restored %s/%d from snapshot %d", spec.name, partition,
+                         manifest.snapshot_id)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+                source = "changelog" if self.changelog is not None else "new"
+        db = self.hot.open(path)
+        replay: ReplayResult | None = None
+        repair: set[bytes] = set()
+        if self.changelog is not None:
+            self.changelog.ensure_topic(spec.name, spec.num_partitions)
+            try:
+                replay = replay_changelog(db, self.changelog, spec.name, partition)
+            except BaseException:
+                db.close()
+                raise
+            repair = replay.uncommitted_keys
+            log.info(
+                "%s/%d: replayed %d changelog records (%d batches) in %.2fs; %d uncommitted keys",
+                spec.name, partition, replay.records_read, replay.batches_applied,
+                replay.seconds, len(repair),
+            )
+        self.load_reports[(spec.name, partition)] = LoadReport(source, snapshot_id, replay)
+        shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
+        if replay is not None:
+            shard.epoch_floor = replay.max_epoch
+        return shard
+
+    def unload(self, shard: Shard) -> None:
+        with self._lock:
+            if self._shards.get((shard.spec.name, shard.partition)) is shard:
+                del self._shards[(shard.spec.name, shard.partition)]
+        shard.close()
+
+    def close_all(self) -> None:
+        for sh in self.open_shards():
+            self.unload(sh)
+
+    def __iter__(self) -> Iterator[Shard]:
+        return iter(self.open_shards())

@@ -1,0 +1,98 @@
+"""Restore: bring a shard's local database up to the end of its changelog.
+
+The rules (docs/protocol.md has the argument for each):
+1. Records are buffered until a marker; at a marker every buffered record is applied, in log
+   order, in one WriteBatch together with the marker's epoch, sequence and input offsets.
+   A marker commits everything buffered before it, so markers removed by compaction lose nothing.
+2. A data record or marker whose epoch is older than the newest epoch already seen is a zombie
+   write and is dropped.
+3. Records after the last marker were never committed: they are not applied, and their keys are
+   reported so the next owner can overwrite them with their committed values (the "repair").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tierstore.server.hottier import ShardDB, ShardMeta
+from tierstore.server.logproto import MARKER_KEY, header_epoch, parse_marker
+from tierstore.server.ports import Changelog
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of records read so far
+
+
+@dataclass
+class ReplayResult:
+    meta: ShardMeta
+    records_read: int = 0
+    records_applied: int = 0
+    batches_applied: int = 0
+    zombie_records: int = 0
+    max_epoch: int = 0
+    uncommitted_keys: set[bytes] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def replay_changelog(
+    db: ShardDB,
+    changelog: Changelog,
+    store: str,
+    partition: int,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """Apply every committed batch after the database's changelog offset. Crash-safe: each batch
+    is applied with its metadata atomically, so an interrupted replay resumes where it stopped."""
+    started = time.monotonic()
+    meta = db.read_meta()
+    result = ReplayResult(meta=meta, max_epoch=meta.epoch)
+    max_epoch = meta.epoch
+    pend_keys: list[bytes] = []
+    pend_values: list[bytes | None] = []
+    last_epoch_raw: bytes | None = None
+    last_epoch = 0
+    for page in changelog.read(store, partition, meta.changelog_offset):
+        for rec in page:
+            result.records_read += 1
+            if rec.key == MARKER_KEY:
+                m = parse_marker(rec.value, rec.headers)
+                if m is None:
+                    log.warning("%s/%d: ignoring a foreign record with an empty key at offset %d",
+                                store, partition, rec.offset)
+                    continue
+                if m.epoch < max_epoch:
+                    result.zombie_records += 1
+                    continue
+                max_epoch = m.epoch
+                meta = ShardMeta(m.epoch, m.seq, rec.offset + 1, m.offsets)
+                _apply(db, pend_keys, pend_values, meta)
+                result.records_applied += len(pend_keys)
+                result.batches_applied += 1
+                pend_keys, pend_values = [], []
+                continue
+            # Headers repeat across a batch: decode the epoch only when its bytes change.
+            raw = rec.headers[0][1] if rec.headers else None
+            if raw is not last_epoch_raw and raw != last_epoch_raw:
+                last_epoch_raw = raw
+                last_epoch = header_epoch(rec.headers) or max_epoch
+            if last_epoch < max_epoch:
+                result.zombie_records += 1
+                continue
+            max_epoch = last_epoch
+            pend_keys.append(rec.key)
+            pend_values.append(rec.value)
+        if progress is not None:
+            progress(result.records_read)
+    result.meta = meta
+    result.max_epoch = max_epoch
+    result.uncommitted_keys = set(pend_keys)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _apply(db: ShardDB, keys: list[bytes], values: list[bytes | None], meta: ShardMeta) -> None:
+    db.apply_log(keys, values, meta)

@@ -1,0 +1,203 @@
+"""The gRPC servicer: transport only. Parses requests, calls StoreService, maps errors.
+
+Requests arrive as raw bytes and are parsed here, so that garbage on the wire becomes
+INVALID_ARGUMENT (grpc's own deserializer would answer INTERNAL) and never reaches storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from tierstore.server import errors
+from tierstore.server.service import StoreService
+from tierstore.v1 import store_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "tierstore.v1.StateStore"
+
+# The one table from server errors to gRPC status codes (most specific first).
+STATUS_OF: tuple[tuple[type[errors.StateStoreError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.FencedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AbortedError, grpc.StatusCode.ABORTED),
+    (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.SnapshotCorruptError, grpc.StatusCode.DATA_LOSS),
+    (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+
+TYPE_NAMES = {pb.STORE_TYPE_KV: "kv", pb.STORE_TYPE_WINDOW: "window", pb.STORE_TYPE_SESSION: "session"}
+TYPE_ENUMS = {v: k for k, v in TYPE_NAMES.items()}
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _parse(cls: type[M], data: bytes) -> M:
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise errors.InvalidArgumentError(f"malformed {cls.__name__}: {exc}") from exc
+    return msg
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    code = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error in %s", method)
+        context.abort(code, f"internal error in {method}: {type(exc).__name__}: {exc}")
+    context.abort(code, str(exc))
+
+
+def _type_name(t: int) -> str:
+    name = TYPE_NAMES.get(t)
+    if name is None:
+        raise errors.InvalidArgumentError(f"store type must be KV, WINDOW or SESSION, got {t}")
+    return name
+
+
+class Servicer:
+    def __init__(self, service: StoreService) -> None:
+        self.svc = service
+
+    # Each handler takes the request bytes and returns the response bytes.
+    def Open(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.OpenRequest, data)
+        meta, spec = self.svc.open(
+            req.store, req.partition, _type_name(req.type), req.num_partitions,
+            req.window_size_ms, req.retention_ms,
+        )
+        return pb.OpenResponse(
+            epoch=meta.epoch,
+            committed_offsets=meta.offsets,
+            spec=pb.StoreSpec(
+                name=spec.name, type=TYPE_ENUMS[spec.type], num_partitions=spec.num_partitions,
+                window_size_ms=spec.window_size_ms, retention_ms=spec.retention_ms,
+            ),
+            last_commit_seq=meta.commit_seq,
+        ).SerializeToString()
+
+    def Stage(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.StageRequest, data)
+        b = req.batch
+        n = self.svc.stage(req.store, req.partition, req.epoch, req.commit_seq,
+                           b.put_keys, b.put_values, b.delete_keys)
+        return pb.StageResponse(staged_batches=n).SerializeToString()
+
+    def Commit(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.CommitRequest, data)
+        b = req.batch
+        res = self.svc.commit(
+            req.store, req.partition, req.epoch, req.commit_seq, req.staged_batches,
+            b.put_keys, b.put_values, b.delete_keys, dict(req.offsets),
+        )
+        return pb.CommitResponse(
+            committed_offsets=res.offsets, changelog_offset=res.changelog_offset
+        ).SerializeToString()
+
+    def Get(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.GetRequest, data)
+        values = self.svc.get(req.store, req.partition, req.epoch, req.keys)
+        found = [v is not None for v in values]
+        return pb.GetResponse(
+            values=[v if v is not None else b"" for v in values], found=found
+        ).SerializeToString()
+
+    def Scan(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        req = _parse(pb.ScanRequest, data)
+        pages = self.svc.scan(
+            req.store, req.partition, req.epoch,
+            req.from_key if req.HasField("from_key") else None,
+            req.to_key if req.HasField("to_key") else None,
+            req.prefix or None, req.reverse, req.page_size, req.limit,
+        )
+        for page in pages:
+            msg = pb.ScanPage()
+            msg.keys.extend([k for k, _ in page])
+            msg.values.extend([v for _, v in page])
+            yield msg.SerializeToString()
+
+    def Count(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.CountRequest, data)
+        n = self.svc.count(req.store, req.partition)
+        return pb.CountResponse(approximate_num_entries=n).SerializeToString()
+
+    def Close(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.CloseRequest, data)
+        self.svc.close_shard(req.store, req.partition, req.epoch)
+        return pb.CloseResponse().SerializeToString()
+
+    def DescribeStore(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.DescribeStoreRequest, data)
+        spec = self.svc.describe(req.store)
+        return pb.DescribeStoreResponse(
+            spec=pb.StoreSpec(
+                name=spec.name, type=TYPE_ENUMS[spec.type], num_partitions=spec.num_partitions,
+                window_size_ms=spec.window_size_ms, retention_ms=spec.retention_ms,
+            )
+        ).SerializeToString()
+
+    def Snapshot(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.SnapshotRequest, data)
+        manifests = self.svc.snapshot(req.store, req.partition)
+        return pb.SnapshotResponse(
+            snapshots=[
+                pb.SnapshotInfo(
+                    store=m.store, partition=m.partition, snapshot_id=m.snapshot_id,
+                    changelog_offset=m.changelog_offset,
+                    bytes_total=sum(f.size for f in m.files),
+                )
+                for m in manifests
+            ]
+        ).SerializeToString()
+
+
+def _unary(fn: Callable[[bytes, grpc.ServicerContext], bytes], name: str) -> Any:
+    def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            return fn(data, context)
+        except Exception as exc:
+            _abort(context, exc, name)
+            raise  # unreachable: abort raises
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def _stream(fn: Callable[[bytes, grpc.ServicerContext], Iterator[bytes]], name: str) -> Any:
+    def handler(data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            yield from fn(data, context)
+        except Exception as exc:
+            _abort(context, exc, name)
+
+    return grpc.unary_stream_rpc_method_handler(handler)
+
+
+def generic_handler(service: StoreService) -> grpc.GenericRpcHandler:
+    s = Servicer(service)
+    handlers = {
+        "Open": _unary(s.Open, "Open"),
+        "Stage": _unary(s.Stage, "Stage"),
+        "Commit": _unary(s.Commit, "Commit"),
+        "Get": _unary(s.Get, "Get"),
+        "Scan": _stream(s.Scan, "Scan"),
+        "Count": _unary(s.Count, "Count"),
+        "Close": _unary(s.Close, "Close"),
+        "DescribeStore": _unary(s.DescribeStore, "DescribeStore"),
+        "Snapshot": _unary(s.Snapshot, "Snapshot"),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

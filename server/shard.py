@@ -1,0 +1,313 @@
+"""A shard (store, partition): ownership by epoch, staged writes, and the atomic commit path.
+
+Commit protocol (docs/protocol.md):
+1. check the epoch (FencedError) and the commit sequence (a retry of the last commit succeeds
+   without applying anything twice);
+2. validate the whole batch; nothing is applied if any part is bad;
+3. with a changelog: append the batch and then its commit marker; the commit is durable once the
+   marker is acknowledged;
+4. apply data + epoch + sequence + input offsets + changelog offset in one RocksDB WriteBatch
+   (fsynced when there is no changelog: then that write is the durability point).
+If step 3 fails, nothing is applied locally and the keys it may have left in the log are
+overwritten with their committed values by the next append (the repair). If step 4 fails after
+step 3, the shard is marked broken, so its next use reloads it from disk plus the changelog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from tierstore.overlay import overlay_items, select_range
+from tierstore.server.errors import (
+    AbortedError,
+    FencedError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from tierstore.server.hottier import ShardDB, ShardMeta
+from tierstore.server.keys import check_keys, check_range, check_values
+from tierstore.server.logproto import CLAIM, COMMIT, data_headers, marker
+from tierstore.server.ports import Changelog
+from tierstore.server.specs import StoreSpec
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    max_value_bytes: int = 8 * 1024 * 1024
+    max_staged_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    offsets: dict[str, int]
+    changelog_offset: int
+    applied: bool  # False when this was a retry of a commit already applied
+
+
+class Shard:
+    """All mutation goes through `_lock`; reads go straight to RocksDB (thread-safe)."""
+
+    def __init__(
+        self,
+        spec: StoreSpec,
+        partition: int,
+        db: ShardDB,
+        changelog: Changelog | None,
+        limits: ShardLimits,
+        repair_keys: set[bytes] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.partition = partition
+        self.db = db
+        self.changelog = changelog
+        self.limits = limits
+        self._lock = threading.RLock()
+        self.meta = db.read_meta()
+        self.broken: str | None = None
+        self._repair: set[bytes] = set(repair_keys or ())
+        self._stage: dict[bytes, bytes | None] = {}
+        self._stage_seq = 0
+        self._stage_batches = 0
+        self._stage_bytes = 0
+        self.commits_since_snapshot = 0
+        self.last_snapshot_at = time.monotonic()
+        self.last_used = time.monotonic()
+        self.epoch_floor = 0  # the newest epoch seen in the changelog, which a claim must pass
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}/{self.partition}"
+
+    # --- ownership ------------------------------------------------------------------------
+    def claim(self, min_epoch: int = 0) -> ShardMeta:
+        """Bump the epoch (fencing every earlier owner), drop staged writes, and record the claim
+        durably. With a changelog the claim marker also repairs uncommitted keys in the log."""
+        with self._lock:
+            self._check_usable()
+            new = ShardMeta(
+                epoch=max(self.meta.epoch, self.epoch_floor, min_epoch) + 1,
+                commit_seq=0,
+                changelog_offset=self.meta.changelog_offset,
+                offsets=dict(self.meta.offsets),
+            )
+            self._drop_stage()
+            self._append_and_apply([], [], [], new, kind=CLAIM)
+            return new
+
+    def check_epoch(self, epoch: int) -> None:
+        if epoch != self.meta.epoch:
+            raise FencedError(
+                f"shard {self.name}: epoch {epoch} is fenced; the current epoch is "
+                f"{self.meta.epoch} (another owner claimed the shard, or this claim is stale)"
+            )
+
+    def release(self, epoch: int) -> None:
+        with self._lock:
+            self.check_epoch(epoch)
+            self._drop_stage()
+
+    # --- writes ---------------------------------------------------------------------------
+    def stage(
+        self,
+        epoch: int,
+        commit_seq: int,
+        put_keys: Sequence[bytes],
+        put_values: Sequence[bytes],
+        delete_keys: Sequence[bytes],
+    ) -> int:
+        """Hold writes for the coming commit `commit_seq`; visible to the owner only."""
+        with self._lock:
+            self._check_usable()
+            self.check_epoch(epoch)
+            self._validate(put_keys, put_values, delete_keys)
+            expected = self.meta.commit_seq + 1
+            if commit_seq != expected:
+                raise AbortedError(
+                    f"shard {self.name}: staged writes for commit {commit_seq}, expected "
+                    f"{expected}"
+                )
+            if self._stage_seq != commit_seq:
+                self._drop_stage()
+                self._stage_seq = commit_seq
+            size = sum(map(len, put_keys)) + sum(map(len, put_values)) + sum(map(len, delete_keys))
+            if self._stage_bytes + size > self.limits.max_staged_bytes:
+                raise ResourceExhaustedError(
+                    f"shard {self.name}: staged writes would exceed "
+                    f"{self.limits.max_staged_bytes} bytes; commit more often"
+                )
+            st = self._stage
+            st.update(zip(put_keys, put_values, strict=True))
+            st.update(dict.fromkeys(delete_keys))
+            self._stage_bytes += size
+            self._stage_batches += 1
+            self.last_used = time.monotonic()
+            return self._stage_batches
+
+    def commit(
+        self,
+        epoch: int,
+        commit_seq: int,
+        staged_batches: int,
+        put_keys: Sequence[bytes],
+        put_values: Sequence[bytes],
+        delete_keys: Sequence[bytes],
+        offsets: dict[str, int],
+    ) -> CommitResult:
+        """Make the staged writes, this batch and the input offsets durable together, or none."""
+        with self._lock:
+            self._check_usable()
+            self.check_epoch(epoch)
+            if commit_seq == self.meta.commit_seq and commit_seq > 0:
+                # A retry of the commit that was applied: acknowledge it again, apply nothing.
+                return CommitResult(dict(self.meta.offsets), self.meta.changelog_offset - 1, False)
+            expected = self.meta.commit_seq + 1
+            if commit_seq != expected:
+                raise AbortedError(
+                    f"shard {self.name}: commit sequence {commit_seq} does not follow "
+                    f"{self.meta.commit_seq}; reclaim the shard"
+                )
+            self._validate(put_keys, put_values, delete_keys)
+            for name, off in offsets.items():
+                if not name or off < 0:
+                    raise InvalidArgumentError(
+                        f"bad input offset {name!r}: {off} (names must be non-empty and "
+                        f"offsets non-negative)"
+                    )
+            have = self._stage_batches if self._stage_seq == commit_seq else 0
+            if staged_batches != have:
+                self._drop_stage()
+                raise AbortedError(
+                    f"shard {self.name}: commit {commit_seq} expected {staged_batches} staged "
+                    f"batches but the server holds {have} (staged writes were lost, e.g. by a "
+                    f"server restart); the batch must be replayed"
+                )
+            if have:
+                st = self._stage
+                st.update(zip(put_keys, put_values, strict=True))
+                st.update(dict.fromkeys(delete_keys))
+                pk = [k for k, v in st.items() if v is not None]
+                pv: list[bytes] = [v for v in st.values() if v is not None]
+                dk = [k for k, v in st.items() if v is None]
+            else:
+                pk, pv, dk = list(put_keys), list(put_values), list(delete_keys)
+            merged = dict(self.meta.offsets)
+            merged.update(offsets)
+            new = ShardMeta(self.meta.epoch, commit_seq, self.meta.changelog_offset, merged)
+            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT)
+            self._drop_stage()
+            self.commits_since_snapshot += 1
+            self.last_used = time.monotonic()
+            return CommitResult(dict(merged), marker_offset, True)
+
+    def _append_and_apply(
+        self,
+        pk: list[bytes],
+        pv: list[bytes],
+        dk: list[bytes],
+        new: ShardMeta,
+        kind: bytes,
+    ) -> int:
+        marker_offset = -1
+        if self.changelog is not None:
+            keys: list[bytes] = pk + dk
+            values: list[bytes | None] = [*pv, *([None] * len(dk))]
+            repair = self._repair - set(keys)
+            if repair:
+                # Overwrite keys a failed append may have left in the log with committed values.
+                rk = list(repair)
+                keys = rk + keys
+                values = [*self.db.get_many(rk), *values]
+            mval, mheaders = marker(kind, new.epoch, new.commit_seq, new.offsets)
+            try:
+                marker_offset = self.changelog.append_batch(
+                    self.spec.name,
+                    self.partition,
+                    keys,
+                    values,
+                    data_headers(new.epoch, new.commit_seq),
+                    mval,
+                    mheaders,
+                )
+            except UnavailableError:
+                self._repair.update(keys)
+                raise
+            self._repair.clear()
+            new.changelog_offset = marker_offset + 1
+        try:
+            self.db.apply(pk, pv, dk, new, sync=self.changelog is None)
+        except UnavailableError as exc:
+            if self.changelog is not None:
+                self.broken = f"local write failed after the changelog append: {exc}"
+            raise
+        self.meta = new
+        return marker_offset
+
+    # --- reads ----------------------------------------------------------------------------
+    def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:
+        check_keys(keys)
+        self.last_used = time.monotonic()
+        values = self.db.get_many(keys)
+        if epoch and self._stage:
+            self.check_epoch(epoch)
+            st = self._stage
+            for i, k in enumerate(keys):
+                if k in st:
+                    values[i] = st[k]
+        return values
+
+    def scan(
+        self,
+        epoch: int,
+        from_key: bytes | None,
+        to_key: bytes | None,
+        prefix: bytes | None,
+        reverse: bool,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if prefix:
+            if from_key is not None or to_key is not None:
+                raise InvalidArgumentError("a prefix scan takes no from/to bounds")
+        else:
+            check_range(from_key, to_key)
+        self.last_used = time.monotonic()
+        base = self.db.iterate(from_key, to_key, reverse, prefix)
+        if not (epoch and self._stage):
+            return base
+        self.check_epoch(epoch)
+        with self._lock:
+            over = select_range(self._stage, from_key, to_key, prefix, reverse)
+        return overlay_items(base, over, reverse)
+
+    def count(self) -> int:
+        return self.db.approximate_num_entries()
+
+    # --- helpers --------------------------------------------------------------------------
+    def _validate(
+        self, put_keys: Sequence[bytes], put_values: Sequence[bytes], delete_keys: Sequence[bytes]
+    ) -> None:
+        if len(put_keys) != len(put_values):
+            raise InvalidArgumentError(
+                f"batch has {len(put_keys)} put keys but {len(put_values)} values"
+            )
+        check_keys(put_keys)
+        check_keys(delete_keys, "delete key")
+        check_values(put_values, self.limits.max_value_bytes)
+        if delete_keys and put_keys and not set(put_keys).isdisjoint(delete_keys):
+            raise InvalidArgumentError("a key is both put and deleted in one batch")
+
+    def _drop_stage(self) -> None:
+        self._stage = {}
+        self._stage_seq = 0
+        self._stage_batches = 0
+        self._stage_bytes = 0
+
+    def _check_usable(self) -> None:
+        if self.broken:
+            raise UnavailableError(f"shard {self.name} must be reloaded: {self.broken}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

@@ -1,0 +1,573 @@
+"""Incremental shard snapshots in an object store (the fourth tier, see DESIGN.md).
+
+Layout, per shard::
+
+    shards/{store}/{partition}/manifests/{snapshot_id:020d}.json
+    shards/{store}/{partition}/files/{sha256hex}        content-addressed checkpoint files
+
+A snapshot is a RocksDB checkpoint. Its files are uploaded content-addressed, so an immutable SST
+shared by later snapshots is uploaded once; the manifest is written LAST, so a snapshot exists
+exactly when its manifest does. An upload that fails midway leaves only unreferenced files, which
+``gc`` removes once they are older than ``gc_grace_s``.
+
+This module depends only on the ObjectStore protocol (never boto3). Uploads of different shards may
+run concurrently; calls for the same shard must be serialized by the caller. Two servers writing
+the same shard at once (a zombie owner) is prevented by epoch fencing upstream, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from tierstore.server.errors import ObjectNotFoundError, SnapshotCorruptError, UnavailableError
+from tierstore.server.ports import ObjectStore
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+Progress = Callable[[int, int], None]
+"""progress(done_bytes, total_bytes); called from worker threads, one call at a time."""
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MANIFEST_NAME = re.compile(r"(\d{20})\.json")
+_IMMUTABLE_SUFFIXES = (".sst", ".blob")  # RocksDB never rewrites these under the same name
+_READ_CHUNK = 1 << 20
+
+
+def shard_prefix(store: str, partition: int) -> str:
+    if not store or "/" in store or store in (".", "..") or store.startswith(".tmp."):
+        raise ValueError(f"invalid store name {store!r}")
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+        raise ValueError(f"invalid partition {partition!r}")
+    return f"shards/{store}/{partition}/"
+
+
+def manifest_key(store: str, partition: int, snapshot_id: int) -> str:
+    return f"{shard_prefix(store, partition)}manifests/{snapshot_id:020d}.json"
+
+
+def file_key(store: str, partition: int, sha256: str) -> str:
+    return f"{shard_prefix(store, partition)}files/{sha256}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    name: str  # file name inside the checkpoint directory
+    size: int
+    sha256: str  # lowercase hex; also the object's name under files/
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One snapshot. `committed_offsets` and `extra` are private copies; treat them as read-only
+    (they are left out of hash())."""
+
+    store: str
+    partition: int
+    snapshot_id: int
+    created_at: float
+    epoch: int
+    commit_seq: int
+    changelog_offset: int
+    committed_offsets: dict[str, int] = field(hash=False)
+    files: tuple[SnapshotFile, ...]
+    extra: dict[str, str] = field(default_factory=dict, hash=False)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "committed_offsets", dict(self.committed_offsets))
+        object.__setattr__(self, "extra", dict(self.extra))
+        object.__setattr__(self, "files", tuple(self.files))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "store": self.store,
+            "partition": self.partition,
+            "snapshot_id": self.snapshot_id,
+            "created_at": self.created_at,
+            "epoch": self.epoch,
+            "commit_seq": self.commit_seq,
+            "changelog_offset": self.changelog_offset,
+            "committed_offsets": self.committed_offsets,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "extra": self.extra,
+        }
+
+    def to_json(self) -> str:
+        """The body plus ``body_sha256``, the sha256 of the body's canonical JSON form."""
+        body = self._body()
+        return json.dumps({**body, "body_sha256": _body_sha256(body)}, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Manifest:
+        """Parse and verify; raises SnapshotCorruptError on bad JSON, a checksum mismatch, a
+        missing or mistyped field, an unsafe file name, or an unsupported format_version."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SnapshotCorruptError(f"manifest is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise SnapshotCorruptError("manifest is not a JSON object")
+        version = doc.get("format_version")
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise SnapshotCorruptError(f"manifest format_version {version} is not supported")
+        checksum = doc.pop("body_sha256", None)
+        try:
+            ok = isinstance(checksum, str) and checksum == _body_sha256(doc)
+        except ValueError:  # NaN or infinity
+            ok = False
+        if not ok:
+            raise SnapshotCorruptError("manifest checksum mismatch (body_sha256)")
+        try:
+            if _get(doc, "format_version", int) != FORMAT_VERSION:
+                raise ValueError(f"format_version {version} is not supported")
+            files = tuple(_parse_file(f) for f in _get(doc, "files", list))
+            if len({f.name for f in files}) != len(files):
+                raise ValueError("duplicate file names")
+            offsets = _get(doc, "committed_offsets", dict)
+            extra = _get(doc, "extra", dict)
+            return cls(
+                _get(doc, "store", str), _get(doc, "partition", int),
+                _get(doc, "snapshot_id", int), float(_get(doc, "created_at", (int, float))),
+                _get(doc, "epoch", int), _get(doc, "commit_seq", int),
+                _get(doc, "changelog_offset", int),
+                {_check(k, str): _check(v, int) for k, v in offsets.items()},
+                files, {_check(k, str): _check(v, str) for k, v in extra.items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotCorruptError(f"manifest is malformed: {exc!r}") from exc
+
+
+def _body_sha256(body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check(v: Any, t: type[_T] | tuple[type, ...]) -> _T:
+    """`v` if it is a `t` (a bool is not an int), else TypeError."""
+    if not isinstance(v, t) or (isinstance(v, bool) and t is not bool):
+        raise TypeError(f"expected {t}, got {v!r}")
+    return cast(_T, v)
+
+
+def _get(d: Mapping[str, Any], name: str, t: type[_T] | tuple[type, ...]) -> _T:
+    try:
+        return _check(d[name], t)
+    except TypeError as exc:
+        raise TypeError(f"field {name!r}: {exc}") from None
+
+
+def _parse_file(f: object) -> SnapshotFile:
+    d = _check(f, dict)
+    name, size, sha = _get(d, "name", str), _get(d, "size", int), _get(d, "sha256", str)
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise ValueError(f"unsafe file name {name!r}")
+    if size < 0 or not _HEX64.fullmatch(sha):
+        raise ValueError(f"bad size or sha256 for {name!r}")
+    return SnapshotFile(name, size, sha)
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    manifests_kept: int
+    manifests_deleted: int
+    files_deleted: int
+    bytes_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStats:
+    """What the last `upload` of a shard did (see SnapshotStore.last_upload)."""
+
+    snapshot_id: int
+    files_total: int
+    bytes_total: int
+    files_uploaded: tuple[str, ...]  # checkpoint file names whose content was uploaded
+    bytes_uploaded: int
+    files_hashed: int  # files read to compute their sha256 (the rest came from the cache)
+    seconds: float
+    gc: GcResult | None  # None if gc failed (the snapshot itself is still complete)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreStats:
+    snapshot_id: int
+    bytes_downloaded: int
+    seconds: float
+    skipped: tuple[str, ...]  # newer snapshots that were unusable, with the reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    name: str
+    path: Path
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+class SnapshotStore:
+    """Writes, lists, restores and garbage-collects shard snapshots.
+
+    `keep` newest manifests survive gc; `workers` threads transfer files in parallel per call;
+    unreferenced files younger than `gc_grace_s` are never deleted (another server may be
+    uploading them).
+    """
+
+    def __init__(
+        self, objects: ObjectStore, keep: int = 3, workers: int = 4, gc_grace_s: float = 600.0
+    ) -> None:
+        if keep < 1 or workers < 1 or gc_grace_s < 0:
+            raise ValueError("keep and workers must be >= 1, gc_grace_s >= 0")
+        self.objects = objects
+        self.keep = keep
+        self.workers = workers
+        self.gc_grace_s = gc_grace_s
+        self._lock = threading.Lock()
+        # (store, partition) -> {(name, size, mtime_ns, inode): sha256}, immutable files only
+        self._hash_cache: dict[tuple[str, int], dict[tuple[str, int, int, int], str]] = {}
+        self._last_upload: dict[tuple[str, int], UploadStats] = {}
+        self._last_restore: dict[tuple[str, int], RestoreStats] = {}
+
+    def last_upload(self, store: str, partition: int) -> UploadStats | None:
+        with self._lock:
+            return self._last_upload.get((store, partition))
+
+    def last_restore(self, store: str, partition: int) -> RestoreStats | None:
+        with self._lock:
+            return self._last_restore.get((store, partition))
+
+    # ---------------------------------------------------------------- upload
+    def upload(
+        self,
+        store: str,
+        partition: int,
+        checkpoint_dir: Path,
+        *,
+        epoch: int,
+        commit_seq: int,
+        changelog_offset: int,
+        committed_offsets: Mapping[str, int],
+        extra: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> Manifest:
+        """Snapshot a RocksDB checkpoint directory (flat; must not change during the call).
+
+        Files whose content is not yet in the store are uploaded in parallel, then the manifest
+        is written (the atomic step), then gc runs (its failure is logged, not raised). Stats are
+        available from `last_upload`. On failure (ObjectStoreError, UnavailableError for a local
+        read error, ValueError if the directory is not a checkpoint or changed during the upload)
+        no manifest is written: the previous snapshot stays the latest, and any files already
+        uploaded are left for gc.
+        """
+        t0 = time.monotonic()
+        prefix = shard_prefix(store, partition)
+        local = self._scan_checkpoint(Path(checkpoint_dir))
+        total = sum(f.size for f in local)
+        existing = {
+            info.key.rpartition("/")[2]: info.size for info in self.objects.list(prefix + "files/")
+        }
+        with self._lock:
+            cache = dict(self._hash_cache.get((store, partition), {}))
+        new_cache: dict[tuple[str, int, int, int], str] = {}
+        claimed: set[str] = set()
+        uploaded: list[str] = []
+        counters = {"hashed": 0, "up_bytes": 0, "done": 0}
+        lock = threading.Lock()
+
+        def one(f: _Local) -> SnapshotFile:
+            ck = (f.name, f.size, f.mtime_ns, f.ino)
+            sha = cache.get(ck)
+            if sha is None:
+                try:
+                    sha = sha256_file(f.path)
+                except OSError as exc:
+                    raise UnavailableError(f"cannot read checkpoint file {f.path}: {exc}") from exc
+                _check_unchanged(f)
+                with lock:
+                    counters["hashed"] += 1
+            if f.name.endswith(_IMMUTABLE_SUFFIXES):
+                with lock:
+                    new_cache[ck] = sha
+            with lock:
+                need = existing.get(sha) != f.size and sha not in claimed
+                claimed.add(sha)
+            if need:
+                key = file_key(store, partition, sha)
+                self.objects.put_file(key, f.path)
+                try:
+                    _check_unchanged(f)
+                except ValueError:
+                    with contextlib.suppress(Exception):
+                        self.objects.delete_many([key])  # its content may not match its name
+                    raise
+                with lock:
+                    uploaded.append(f.name)
+                    counters["up_bytes"] += f.size
+            with lock:
+                counters["done"] += f.size
+                if progress is not None:
+                    progress(counters["done"], total)
+            return SnapshotFile(f.name, f.size, sha)
+
+        files = tuple(sorted(self._run_parallel(one, local), key=lambda s: s.name))
+        ids = self._manifest_ids(store, partition)
+        manifest = Manifest(
+            store, partition, (ids[0][0] if ids else 0) + 1, time.time(), epoch, commit_seq,
+            changelog_offset, dict(committed_offsets), files, dict(extra or {}),
+        )
+        key = manifest_key(store, partition, manifest.snapshot_id)
+        self.objects.put_bytes(key, manifest.to_json().encode())
+        with self._lock:
+            self._hash_cache[(store, partition)] = new_cache
+        gc_result: GcResult | None = None
+        try:
+            gc_result = self.gc(store, partition)
+        except Exception:
+            log.warning("gc of shard %s/%d after snapshot %d failed", store, partition,
+                        manifest.snapshot_id, exc_info=True)
+        stats = UploadStats(
+            manifest.snapshot_id, len(local), total, tuple(sorted(uploaded)),
+            counters["up_bytes"], counters["hashed"], time.monotonic() - t0, gc_result,
+        )
+        with self._lock:
+            self._last_upload[(store, partition)] = stats
+        log.info("snapshot %s: %d files, %d of %d bytes uploaded in %.2fs", key, len(files),
+                 stats.bytes_uploaded, total, stats.seconds)
+        return manifest
+
+    def _scan_checkpoint(self, directory: Path) -> list[_Local]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            out = []
+            for e in entries:
+                if not e.is_file(follow_symlinks=True):
+                    raise ValueError(f"checkpoint {directory} has a non-file entry {e.name!r}")
+                st = e.stat()
+                out.append(_Local(e.name, Path(e.path), st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError as exc:
+            raise UnavailableError(f"cannot read checkpoint directory {directory}: {exc}") from exc
+        if "CURRENT" not in {f.name for f in out}:
+            raise ValueError(f"{directory} is not a RocksDB checkpoint (no CURRENT file)")
+        return out
+
+    def _run_parallel(self, fn: Callable[[_A], _T], items: Iterable[_A]) -> list[_T]:
+        """Run fn over items on `workers` threads; on the first failure cancel what has not
+        started, wait for what has, and raise that failure."""
+        items = list(items)
+        if not items:
+            return []
+        with ThreadPoolExecutor(min(self.workers, len(items)), "snapshot") as pool:
+            futures: list[Future[_T]] = [pool.submit(fn, it) for it in items]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in done and f.exception() is not None]
+            if failed:
+                for f in futures:
+                    f.cancel()
+                exc = failed[0].exception()
+                assert exc is not None
+                raise exc
+        return [f.result() for f in futures]
+
+    # ---------------------------------------------------------------- listing
+    def _manifest_ids(self, store: str, partition: int) -> list[tuple[int, str]]:
+        """(snapshot_id, key) of every manifest object, newest first."""
+        prefix = shard_prefix(store, partition) + "manifests/"
+        out = []
+        for info in self.objects.list(prefix):
+            m = _MANIFEST_NAME.fullmatch(info.key[len(prefix) :])
+            if m:
+                out.append((int(m.group(1)), info.key))
+        out.sort(reverse=True)
+        return out
+
+    def _load(self, store: str, partition: int, snapshot_id: int, key: str) -> Manifest:
+        """Raises SnapshotCorruptError, or ObjectNotFoundError if it was deleted meanwhile."""
+        m = Manifest.from_json(self.objects.get_bytes(key))
+        if (m.store, m.partition, m.snapshot_id) != (store, partition, snapshot_id):
+            raise SnapshotCorruptError(
+                f"manifest {key} describes {m.store}/{m.partition} snapshot {m.snapshot_id}"
+            )
+        return m
+
+    def list_manifests(self, store: str, partition: int) -> list[Manifest]:
+        """Valid manifests, newest first; corrupt ones are skipped with a warning."""
+        out = []
+        for sid, key in self._manifest_ids(store, partition):
+            try:
+                out.append(self._load(store, partition, sid, key))
+            except ObjectNotFoundError:
+                continue
+            except SnapshotCorruptError as exc:
+                log.warning("skipping corrupt manifest %s: %s", key, exc)
+        return out
+
+    # ---------------------------------------------------------------- restore
+    def restore_latest(
+        self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None
+    ) -> Manifest | None:
+        """Download the newest usable snapshot into `dest_dir` (created; must be absent or empty)
+        and return its manifest. Every file is checked against its size and sha256 and fsynced.
+
+        A corrupt manifest, or a missing or corrupt file, is logged and the previous snapshot is
+        tried (dest_dir wiped in between). Returns None, leaving dest_dir as it was, when the
+        shard has no manifest. Raises SnapshotCorruptError listing every snapshot when manifests
+        exist but none is usable, and ObjectStoreError on a transport failure (which is not a
+        reason to fall back to an older snapshot); dest_dir is left empty or absent in both cases.
+        """
+        t0 = time.monotonic()
+        dest_dir = Path(dest_dir)
+        created = not dest_dir.exists()
+        if not created and (not dest_dir.is_dir() or any(dest_dir.iterdir())):
+            raise ValueError(f"restore destination {dest_dir} exists and is not an empty directory")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        failures: list[str] = []
+        try:
+            for sid, key in self._manifest_ids(store, partition):
+                try:
+                    manifest = self._load(store, partition, sid, key)
+                    got = self._download(manifest, dest_dir, progress)
+                except ObjectNotFoundError:  # manifest removed by a concurrent gc
+                    continue
+                except SnapshotCorruptError as exc:
+                    log.warning("snapshot %d of %s/%d unusable, trying an older one: %s",
+                                sid, store, partition, exc)
+                    failures.append(f"{key}: {exc}")
+                    _wipe(dest_dir)
+                    continue
+                stats = RestoreStats(sid, got, time.monotonic() - t0, tuple(failures))
+                with self._lock:
+                    self._last_restore[(store, partition)] = stats
+                return manifest
+        except BaseException:
+            _wipe(dest_dir, remove=created)
+            raise
+        _wipe(dest_dir, remove=created)
+        if failures:
+            raise SnapshotCorruptError(
+                f"no usable snapshot of {store}/{partition}: " + "; ".join(failures)
+            )
+        return None
+
+    def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None) -> int:
+        total = manifest.total_bytes
+        done = [0]
+        lock = threading.Lock()
+        sid = manifest.snapshot_id
+
+        def one(f: SnapshotFile) -> None:
+            key = file_key(manifest.store, manifest.partition, f.sha256)
+            target = dest_dir / f.name
+            try:
+                self.objects.get_file(key, target)
+            except ObjectNotFoundError as exc:
+                raise SnapshotCorruptError(
+                    f"snapshot {sid} file {f.name}: object {key} is missing"
+                ) from exc
+            size = target.stat().st_size
+            sha = sha256_file(target) if size == f.size else ""
+            if size != f.size or sha != f.sha256:
+                raise SnapshotCorruptError(
+                    f"snapshot {sid} file {f.name} (object {key}) failed verification: size "
+                    f"{size} (expected {f.size}), sha256 {sha or '-'} (expected {f.sha256})"
+                )
+            with lock:
+                done[0] += f.size
+                if progress is not None:
+                    progress(done[0], total)
+
+        self._run_parallel(one, manifest.files)
+        with contextlib.suppress(OSError):
+            _fsync_dir(dest_dir)
+        return total
+
+    # ---------------------------------------------------------------- gc
+    def gc(self, store: str, partition: int) -> GcResult:
+        """Keep the newest `keep` valid manifests (and any manifest newer than the oldest kept
+        one, even if corrupt); delete older manifests, then files no kept manifest references
+        whose last_modified is at least gc_grace_s old. If a kept manifest is unreadable, or no
+        manifest is valid, no file is deleted. Not atomic; safe to rerun after a failure."""
+        ids = self._manifest_ids(store, partition)
+        kept: list[Manifest] = []
+        unreadable = 0
+        cut = len(ids)
+        for i, (sid, key) in enumerate(ids):
+            try:
+                kept.append(self._load(store, partition, sid, key))
+            except ObjectNotFoundError:
+                continue
+            except SnapshotCorruptError as exc:
+                log.warning("gc of %s/%d: manifest %s unreadable: %s", store, partition, key, exc)
+                unreadable += 1
+            if len(kept) == self.keep:
+                cut = i + 1
+                break
+        old = [key for _, key in ids[cut:]]
+        if old:
+            self.objects.delete_many(old)
+        if not kept or unreadable:
+            return GcResult(len(ids) - len(old), len(old), 0, 0)
+        referenced = {f.sha256 for m in kept for f in m.files}
+        horizon = time.time() - self.gc_grace_s
+        prefix = shard_prefix(store, partition) + "files/"
+        doomed = [i for i in self.objects.list(prefix)
+                  if i.key[len(prefix):] not in referenced and i.last_modified <= horizon]
+        self.objects.delete_many([i.key for i in doomed])
+        return GcResult(len(ids) - len(old), len(old), len(doomed), sum(i.size for i in doomed))
+
+
+def _check_unchanged(f: _Local) -> None:
+    try:
+        st = f.path.stat()
+    except OSError as exc:
+        raise UnavailableError(f"checkpoint file {f.path} vanished: {exc}") from exc
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.ino):
+        raise ValueError(f"checkpoint file {f.path} changed during the snapshot")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wipe(directory: Path, remove: bool = False) -> None:
+    """Delete everything inside `directory` (and `directory` itself if `remove`)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in list(directory.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        if remove:
+            directory.rmdir()

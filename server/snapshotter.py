@@ -1,0 +1,110 @@
+"""Taking snapshots: a checkpoint under the shard lock, then an upload in the background.
+
+A snapshot is due every `every_commits` commits or `interval_s` seconds after a commit, and is
+taken for every shard with new commits at graceful shutdown. The checkpoint is taken while the
+shard's lock is held (it is a flush plus hard links, so it is quick); the upload runs outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierstore.server.errors import StateStoreError, UnavailableError
+from tierstore.server.shard import Shard
+from tierstore.server.snapshots import Manifest, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    every_commits: int = 1000
+    interval_s: float = 300.0
+
+
+class Snapshotter:
+    def __init__(self, store: SnapshotStore, tmp_dir: Path, policy: SnapshotPolicy) -> None:
+        self.store = store
+        self.tmp_dir = tmp_dir
+        self.policy = policy
+        self._queue: queue.Queue[Shard | None] = queue.Queue()
+        self._queued: set[int] = set()
+        self._qlock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="snapshotter", daemon=True)
+        self._thread.start()
+        self.taken = 0
+        self.failed = 0
+
+    def is_due(self, shard: Shard) -> bool:
+        if shard.commits_since_snapshot == 0:
+            return False
+        if shard.commits_since_snapshot >= self.policy.every_commits:
+            return True
+        return time.monotonic() - shard.last_snapshot_at >= self.policy.interval_s
+
+    def maybe_schedule(self, shard: Shard) -> None:
+        if self.is_due(shard):
+            with self._qlock:
+                if id(shard) in self._queued:
+                    return
+                self._queued.add(id(shard))
+            self._queue.put(shard)
+
+    def snapshot_now(self, shard: Shard) -> Manifest:
+        """Checkpoint and upload synchronously. Raises StateStoreError on failure."""
+        tmp = self.tmp_dir / f"ckpt-{uuid.uuid4().hex}"
+        try:
+            with shard._lock:
+                shard._check_usable()
+                if shard.db.closed:
+                    raise UnavailableError(f"shard {shard.name} is closed")
+                shard.db.checkpoint(tmp)
+                meta = shard.meta
+                commits = shard.commits_since_snapshot
+                shard.commits_since_snapshot = 0
+                shard.last_snapshot_at = time.monotonic()
+            try:
+                manifest = self.store.upload(
+                    shard.spec.name,
+                    shard.partition,
+                    tmp,
+                    epoch=meta.epoch,
+                    commit_seq=meta.commit_seq,
+                    changelog_offset=meta.changelog_offset,
+                    committed_offsets=dict(meta.offsets),
+                )
+            except BaseException:
+                with shard._lock:
+                    shard.commits_since_snapshot += commits
+                raise
+            self.taken += 1
+            return manifest
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run(self) -> None:
+        while True:
+            shard = self._queue.get()
+            if shard is None:
+                return
+            with self._qlock:
+                self._queued.discard(id(shard))
+            if shard.db.closed:
+                continue
+            try:
+                m = self.snapshot_now(shard)
+                log.info("snapshot %d of %s uploaded", m.snapshot_id, shard.name)
+            except (StateStoreError, OSError) as exc:
+                self.failed += 1
+                log.warning("snapshot of %s failed (will retry later): %s", shard.name, exc)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)

@@ -1,0 +1,92 @@
+"""Store specifications: the parameters fixed when a store is created by its first claim."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from tierstore.server.errors import InvalidArgumentError
+
+STORE_TYPES = ("kv", "window", "session")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+MAX_PARTITIONS = 10_000
+
+
+def check_store_name(name: str) -> None:
+    if not _NAME.match(name or ""):
+        raise InvalidArgumentError(
+            f"bad store name {name!r}: use 1 to 200 characters from A-Z a-z 0-9 . _ -"
+        )
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    name: str
+    type: str
+    num_partitions: int
+    window_size_ms: int = 0
+    retention_ms: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StoreSpec:
+        d = json.loads(data)
+        return cls(
+            name=str(d["name"]),
+            type=str(d["type"]),
+            num_partitions=int(d["num_partitions"]),
+            window_size_ms=int(d.get("window_size_ms", 0)),
+            retention_ms=int(d.get("retention_ms", 0)),
+        )
+
+    def check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.num_partitions:
+            raise InvalidArgumentError(
+                f"partition {partition} is out of range: store {self.name!r} has "
+                f"{self.num_partitions} partitions (0..{self.num_partitions - 1})"
+            )
+
+
+def reconcile(
+    existing: StoreSpec | None,
+    name: str,
+    type_: str,
+    num_partitions: int,
+    window_size_ms: int,
+    retention_ms: int,
+) -> StoreSpec:
+    """The spec a claim resolves to: the existing one (checked against the request) or a new one.
+
+    Zero for num_partitions / window size / retention means "use the existing value".
+    """
+    check_store_name(name)
+    if type_ not in STORE_TYPES:
+        raise InvalidArgumentError(f"unknown store type {type_!r}; expected one of {STORE_TYPES}")
+    if num_partitions < 0 or num_partitions > MAX_PARTITIONS:
+        raise InvalidArgumentError(
+            f"num_partitions must be 1 to {MAX_PARTITIONS}, got {num_partitions}"
+        )
+    if window_size_ms < 0 or retention_ms < 0:
+        raise InvalidArgumentError("window size and retention must be non-negative")
+    if existing is None:
+        return StoreSpec(name, type_, num_partitions or 1, window_size_ms, retention_ms)
+    if existing.type != type_:
+        raise InvalidArgumentError(
+            f"store {name!r} is a {existing.type} store, not a {type_} store"
+        )
+    if num_partitions and num_partitions != existing.num_partitions:
+        raise InvalidArgumentError(
+            f"store {name!r} has {existing.num_partitions} partitions, not {num_partitions}"
+        )
+    if window_size_ms and window_size_ms != existing.window_size_ms:
+        raise InvalidArgumentError(
+            f"store {name!r} has window size {existing.window_size_ms} ms, not {window_size_ms}"
+        )
+    if retention_ms and retention_ms != existing.retention_ms:
+        raise InvalidArgumentError(
+            f"store {name!r} has retention {existing.retention_ms} ms, not {retention_ms}"
+        )
+    return existing
