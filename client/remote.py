@@ -8,6 +8,7 @@ to this handle only.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections.abc import Iterator, Sequence
@@ -46,7 +47,9 @@ class Client:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         if tls:
-            creds = tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
+            creds = (
+                tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
+            )
             self._channel = grpc.secure_channel(target, creds, options=opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
@@ -237,13 +240,12 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         return dict(resp.committed_offsets)
 
     def _backend_close(self) -> None:
-        try:
+        # Closing a fenced or unreachable handle has nothing left to release.
+        with contextlib.suppress(grpc.RpcError):
             self._c.stub.Close(
                 pb.CloseRequest(store=self.name, partition=self.partition, epoch=self.epoch),
                 timeout=self._c.timeout_s, metadata=self._c.metadata,
             )
-        except grpc.RpcError:
-            pass  # closing a fenced or unreachable handle has nothing left to release
 
     def __enter__(self) -> RemoteKeyValueStore:
         return self

@@ -1,4 +1,7 @@
-"""Regenerate tierstore/v1/*_pb2*.py from proto/ (checked in; tests/test_proto_fresh.py guards it)."""
+"""Regenerate tierstore/v1/*_pb2*.py from proto/.
+
+The output is checked in; tests/test_proto_fresh.py fails when it is stale.
+"""
 
 from __future__ import annotations
 

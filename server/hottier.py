@@ -17,14 +17,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from rocksdict import (
     BlockBasedOptions,
     Cache,
     Checkpoint,
     Options,
-    ReadOptions,
     Rdict,
+    ReadOptions,
     WriteBatch,
     WriteBufferManager,
     WriteOptions,
@@ -133,14 +134,44 @@ class HotTier:
         return int(self._shared.wbm.get_usage())
 
 
+class _KeepAlive:
+    """Iterates rocksdict items while holding their ReadOptions: RocksDB keeps only a pointer to
+    the iterate bounds, so the options must outlive the iterator."""
+
+    __slots__ = ("_it", "_ro")
+
+    def __init__(self, items: Any, ro: ReadOptions) -> None:
+        self._it = iter(items)
+        self._ro = ro
+
+    def __iter__(self) -> _KeepAlive:
+        return self
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        return cast("tuple[bytes, bytes]", next(self._it))
+
+
+def _reverse_bounded(
+    items: Any, ro: ReadOptions, lower: bytes | None, upper: bytes | None
+) -> Iterator[tuple[bytes, bytes]]:
+    """Yield items (descending) with lower <= key < upper."""
+    keep = ro  # noqa: F841  (the options must outlive the iterator)
+    for k, v in items:
+        if upper is not None and k >= upper:
+            continue
+        if lower is not None and k < lower:
+            return
+        yield k, v
+
+
 class ShardDB:
     """One shard's RocksDB database. Reads are thread-safe; writes are serialized by the caller."""
 
     def __init__(self, path: Path, db: Rdict) -> None:
         self.path = path
         self._db = db
-        self._meta_cf = db.get_column_family_handle(META_CF)
-        self._meta = db.get_column_family(META_CF)
+        self._meta_cf: Any = db.get_column_family_handle(META_CF)
+        self._meta: Any = db.get_column_family(META_CF)
         self._sync = WriteOptions()
         self._sync.sync = True
         self._nosync = WriteOptions()
@@ -148,8 +179,10 @@ class ShardDB:
 
     # --- metadata -------------------------------------------------------------------------
     def read_meta(self) -> ShardMeta:
-        m = self._meta
-        raw = m.get([K_EPOCH, K_COMMIT_SEQ, K_CHANGELOG_OFFSET, K_OFFSETS])
+        raw = cast(
+            "list[bytes | None]",
+            self._meta.get([K_EPOCH, K_COMMIT_SEQ, K_CHANGELOG_OFFSET, K_OFFSETS]),
+        )
         return ShardMeta(
             epoch=_U64.unpack(raw[0])[0] if raw[0] else 0,
             commit_seq=_U64.unpack(raw[1])[0] if raw[1] else 0,
@@ -215,8 +248,7 @@ class ShardDB:
 
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        result: list[bytes | None] = self._db.get(list(keys))
-        return result
+        return cast("list[bytes | None]", self._db.get(list(keys)))
 
     def get(self, key: bytes) -> bytes | None:
         value: bytes | None = self._db.get(key)
@@ -241,18 +273,20 @@ class ShardDB:
         elif to_key is not None:
             upper = next_key(to_key)
         ro = ReadOptions()
-        if lower is not None:
-            ro.set_iterate_lower_bound(lower)
-        if upper is not None:
-            ro.set_iterate_upper_bound(upper)
-        if reverse:
-            start = to_key if (to_key is not None and not prefix) else None
-            if start is None:
-                return iter(self._db.items(backwards=True, read_opt=ro))
-            return iter(self._db.items(backwards=True, from_key=start, read_opt=ro))
-        if lower is None:
-            return iter(self._db.items(read_opt=ro))
-        return iter(self._db.items(from_key=lower, read_opt=ro))
+        if not reverse:
+            # Forward: RocksDB's upper bound stops the scan without a Python check per key.
+            if upper is not None:
+                ro.set_iterate_upper_bound(upper)
+            if lower is None:
+                return _KeepAlive(self._db.items(read_opt=ro), ro)
+            return _KeepAlive(self._db.items(from_key=lower, read_opt=ro), ro)
+        # Backward: rocksdict mishandles iterate_lower_bound with seek_for_prev, so the lower
+        # bound is checked here; the start is the last key <= the upper end.
+        if upper is None:
+            items = self._db.items(backwards=True, read_opt=ro)
+        else:
+            items = self._db.items(backwards=True, from_key=upper, read_opt=ro)
+        return _reverse_bounded(items, ro, lower, upper)
 
     def approximate_num_entries(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
@@ -280,4 +314,7 @@ class ShardDB:
             try:
                 self._db.flush_wal(True)
             finally:
+                # The column-family objects hold the database open (and its LOCK) until freed.
+                self._meta = None
+                self._meta_cf = None
                 self._db.close()

@@ -29,7 +29,9 @@ def data_headers(epoch: int, seq: int) -> list[Header]:
     return [(H_EPOCH, _U64.pack(epoch)), (H_SEQ, _U64.pack(seq))]
 
 
-def marker(kind: bytes, epoch: int, seq: int, offsets: dict[str, int]) -> tuple[bytes, list[Header]]:
+def marker(
+    kind: bytes, epoch: int, seq: int, offsets: dict[str, int]
+) -> tuple[bytes, list[Header]]:
     value = json.dumps({"e": epoch, "s": seq, "o": offsets}, sort_keys=True).encode()
     return value, [(H_MARKER, kind), (H_EPOCH, _U64.pack(epoch)), (H_SEQ, _U64.pack(seq))]
 

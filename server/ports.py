@@ -44,7 +44,9 @@ class Changelog(Protocol):
         offset. Raises ChangelogError if anything failed; the marker is then not written, though
         some data records may be."""
 
-    def read(self, store: str, partition: int, start_offset: int) -> Iterator[list[ChangelogRecord]]:
+    def read(
+        self, store: str, partition: int, start_offset: int
+    ) -> Iterator[list[ChangelogRecord]]:
         """Yield the records from `start_offset` to the end of the partition, in pages. The end is
         found with partition-EOF events, never the (unreliable) high watermark."""
 

@@ -32,8 +32,12 @@ STATUS_OF: tuple[tuple[type[errors.StateStoreError], grpc.StatusCode], ...] = (
     (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 
-TYPE_NAMES = {pb.STORE_TYPE_KV: "kv", pb.STORE_TYPE_WINDOW: "window", pb.STORE_TYPE_SESSION: "session"}
-TYPE_ENUMS = {v: k for k, v in TYPE_NAMES.items()}
+TYPE_NAMES: dict[int, str] = {
+    pb.STORE_TYPE_KV: "kv",
+    pb.STORE_TYPE_WINDOW: "window",
+    pb.STORE_TYPE_SESSION: "session",
+}
+TYPE_ENUMS: dict[str, Any] = {v: k for k, v in TYPE_NAMES.items()}
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

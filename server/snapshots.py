@@ -5,14 +5,14 @@ Layout, per shard::
     shards/{store}/{partition}/manifests/{snapshot_id:020d}.json
     shards/{store}/{partition}/files/{sha256hex}        content-addressed checkpoint files
 
-A snapshot is a RocksDB checkpoint. Its files are uploaded content-addressed, so an immutable SST
-shared by later snapshots is uploaded once; the manifest is written LAST, so a snapshot exists
-exactly when its manifest does. An upload that fails midway leaves only unreferenced files, which
-``gc`` removes once they are older than ``gc_grace_s``.
+A snapshot is a RocksDB checkpoint. Its files are stored under their sha256, so an immutable SST
+shared by later snapshots is uploaded once. The manifest is written LAST, in one atomic put, so a
+snapshot exists exactly when its manifest does; an upload that fails midway leaves only
+unreferenced files, which ``gc`` removes once they are older than ``gc_grace_s``.
 
-This module depends only on the ObjectStore protocol (never boto3). Uploads of different shards may
-run concurrently; calls for the same shard must be serialized by the caller. Two servers writing
-the same shard at once (a zombie owner) is prevented by epoch fencing upstream, not here.
+This module uses only the ObjectStore protocol (never boto3). Calls for different shards may run
+concurrently; calls for the same shard must be serialized by the caller. Two servers writing the
+same shard at once (a zombie owner) must be prevented by epoch fencing upstream, not here.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 Progress = Callable[[int, int], None]
-"""progress(done_bytes, total_bytes); called from worker threads, one call at a time."""
+"""progress(done_bytes, total_bytes): called from worker threads, one call at a time."""
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_NAME = re.compile(r"(\d{20})\.json")
-_IMMUTABLE_SUFFIXES = (".sst", ".blob")  # RocksDB never rewrites these under the same name
+_IMMUTABLE_SUFFIXES = (".sst", ".blob")  # RocksDB never reuses these names for other content
 _READ_CHUNK = 1 << 20
 
 
@@ -69,7 +69,7 @@ def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_READ_CHUNK):
-            h.update(chunk)
+            h.update(chunk)  # hashlib releases the GIL: threads hash in parallel
     return h.hexdigest()
 
 
@@ -82,16 +82,16 @@ class SnapshotFile:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """One snapshot. `committed_offsets` and `extra` are private copies; treat them as read-only
+    """One snapshot. `committed_offsets` and `extra` are private copies: treat them as read-only
     (they are left out of hash())."""
 
     store: str
     partition: int
     snapshot_id: int
-    created_at: float
+    created_at: float  # unix seconds
     epoch: int
     commit_seq: int
-    changelog_offset: int
+    changelog_offset: int  # replay the changelog from here
     committed_offsets: dict[str, int] = field(hash=False)
     files: tuple[SnapshotFile, ...]
     extra: dict[str, str] = field(default_factory=dict, hash=False)
@@ -106,29 +106,14 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
-    def _body(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "store": self.store,
-            "partition": self.partition,
-            "snapshot_id": self.snapshot_id,
-            "created_at": self.created_at,
-            "epoch": self.epoch,
-            "commit_seq": self.commit_seq,
-            "changelog_offset": self.changelog_offset,
-            "committed_offsets": self.committed_offsets,
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
-            "extra": self.extra,
-        }
-
     def to_json(self) -> str:
-        """The body plus ``body_sha256``, the sha256 of the body's canonical JSON form."""
-        body = self._body()
+        """Every field plus ``body_sha256``, the sha256 of the other fields' canonical JSON."""
+        body = asdict(self)
         return json.dumps({**body, "body_sha256": _body_sha256(body)}, sort_keys=True, indent=1)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Manifest:
-        """Parse and verify; raises SnapshotCorruptError on bad JSON, a checksum mismatch, a
+        """Parse and verify. Raises SnapshotCorruptError on bad JSON, a checksum mismatch, a
         missing or mistyped field, an unsafe file name, or an unsupported format_version."""
         try:
             doc = json.loads(data)
@@ -205,24 +190,16 @@ class GcResult:
 
 @dataclass(frozen=True, slots=True)
 class UploadStats:
-    """What the last `upload` of a shard did (see SnapshotStore.last_upload)."""
+    """What the last `upload` of a shard did; see SnapshotStore.last_upload."""
 
     snapshot_id: int
     files_total: int
-    bytes_total: int
-    files_uploaded: tuple[str, ...]  # checkpoint file names whose content was uploaded
+    bytes_total: int  # size of the whole snapshot
+    files_uploaded: tuple[str, ...]  # checkpoint file names whose content had to be uploaded
     bytes_uploaded: int
-    files_hashed: int  # files read to compute their sha256 (the rest came from the cache)
+    files_hashed: int  # files read to compute their sha256 (the others hit the cache)
     seconds: float
-    gc: GcResult | None  # None if gc failed (the snapshot itself is still complete)
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreStats:
-    snapshot_id: int
-    bytes_downloaded: int
-    seconds: float
-    skipped: tuple[str, ...]  # newer snapshots that were unusable, with the reason
+    gc: GcResult | None  # None if gc failed (the snapshot itself is complete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,74 +210,70 @@ class _Local:
     mtime_ns: int
     ino: int
 
+    def check_unchanged(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise UnavailableError(f"checkpoint file {self.path} vanished: {exc}") from exc
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (self.size, self.mtime_ns, self.ino):
+            raise ValueError(f"checkpoint file {self.path} changed during the snapshot")
+
 
 class SnapshotStore:
     """Writes, lists, restores and garbage-collects shard snapshots.
 
-    `keep` newest manifests survive gc; `workers` threads transfer files in parallel per call;
-    unreferenced files younger than `gc_grace_s` are never deleted (another server may be
-    uploading them).
+    gc keeps the newest `keep` manifests; each call moves files on up to `workers` threads;
+    unreferenced files younger than `gc_grace_s` are never deleted (another server may be in the
+    middle of an upload that references them).
     """
 
     def __init__(
         self, objects: ObjectStore, keep: int = 3, workers: int = 4, gc_grace_s: float = 600.0
     ) -> None:
         if keep < 1 or workers < 1 or gc_grace_s < 0:
-            raise ValueError("keep and workers must be >= 1, gc_grace_s >= 0")
+            raise ValueError("keep and workers must be >= 1 and gc_grace_s >= 0")
         self.objects = objects
         self.keep = keep
         self.workers = workers
         self.gc_grace_s = gc_grace_s
         self._lock = threading.Lock()
-        # (store, partition) -> {(name, size, mtime_ns, inode): sha256}, immutable files only
-        self._hash_cache: dict[tuple[str, int], dict[tuple[str, int, int, int], str]] = {}
+        # (store, partition) -> {(name, size, mtime_ns, inode): sha256}, for *.sst/*.blob only;
+        # replaced after each successful upload, so it holds one checkpoint's files per shard.
+        self._hashes: dict[tuple[str, int], dict[tuple[str, int, int, int], str]] = {}
         self._last_upload: dict[tuple[str, int], UploadStats] = {}
-        self._last_restore: dict[tuple[str, int], RestoreStats] = {}
 
     def last_upload(self, store: str, partition: int) -> UploadStats | None:
+        """Stats of this shard's last successful `upload` in this process."""
         with self._lock:
             return self._last_upload.get((store, partition))
 
-    def last_restore(self, store: str, partition: int) -> RestoreStats | None:
-        with self._lock:
-            return self._last_restore.get((store, partition))
-
-    # ---------------------------------------------------------------- upload
+    # ------------------------------------------------------------------------------ upload
     def upload(
-        self,
-        store: str,
-        partition: int,
-        checkpoint_dir: Path,
-        *,
-        epoch: int,
-        commit_seq: int,
-        changelog_offset: int,
-        committed_offsets: Mapping[str, int],
-        extra: Mapping[str, str] | None = None,
-        progress: Progress | None = None,
+        self, store: str, partition: int, checkpoint_dir: Path, *, epoch: int, commit_seq: int,
+        changelog_offset: int, committed_offsets: Mapping[str, int],
+        extra: Mapping[str, str] | None = None, progress: Progress | None = None,
     ) -> Manifest:
         """Snapshot a RocksDB checkpoint directory (flat; must not change during the call).
 
-        Files whose content is not yet in the store are uploaded in parallel, then the manifest
-        is written (the atomic step), then gc runs (its failure is logged, not raised). Stats are
-        available from `last_upload`. On failure (ObjectStoreError, UnavailableError for a local
-        read error, ValueError if the directory is not a checkpoint or changed during the upload)
-        no manifest is written: the previous snapshot stays the latest, and any files already
-        uploaded are left for gc.
+        Files whose content is not yet stored are uploaded in parallel; then the manifest is
+        written (the atomic step, snapshot_id = previous max + 1); then gc runs (a gc failure is
+        logged, not raised). Byte counts are in `last_upload(store, partition)`.
+        On failure (ObjectStoreError; UnavailableError if a local file cannot be read; ValueError
+        if the directory is not a checkpoint or changed meanwhile) no manifest is written: the
+        previous snapshot stays the latest, and files already uploaded are left for gc.
         """
         t0 = time.monotonic()
         prefix = shard_prefix(store, partition)
-        local = self._scan_checkpoint(Path(checkpoint_dir))
+        local = _scan_checkpoint(Path(checkpoint_dir))
         total = sum(f.size for f in local)
-        existing = {
-            info.key.rpartition("/")[2]: info.size for info in self.objects.list(prefix + "files/")
-        }
+        # one listing instead of one exists() per file; a size mismatch means re-upload
+        stored = {i.key[len(prefix) + 6 :]: i.size for i in self.objects.list(prefix + "files/")}
         with self._lock:
-            cache = dict(self._hash_cache.get((store, partition), {}))
+            cache = dict(self._hashes.get((store, partition), {}))
         new_cache: dict[tuple[str, int, int, int], str] = {}
         claimed: set[str] = set()
         uploaded: list[str] = []
-        counters = {"hashed": 0, "up_bytes": 0, "done": 0}
+        count = {"hashed": 0, "uploaded": 0, "done": 0}
         lock = threading.Lock()
 
         def one(f: _Local) -> SnapshotFile:
@@ -311,34 +284,32 @@ class SnapshotStore:
                     sha = sha256_file(f.path)
                 except OSError as exc:
                     raise UnavailableError(f"cannot read checkpoint file {f.path}: {exc}") from exc
-                _check_unchanged(f)
-                with lock:
-                    counters["hashed"] += 1
-            if f.name.endswith(_IMMUTABLE_SUFFIXES):
-                with lock:
-                    new_cache[ck] = sha
+                f.check_unchanged()
             with lock:
-                need = existing.get(sha) != f.size and sha not in claimed
+                count["hashed"] += ck not in cache
+                if f.name.endswith(_IMMUTABLE_SUFFIXES):
+                    new_cache[ck] = sha
+                need = stored.get(sha) != f.size and sha not in claimed
                 claimed.add(sha)
             if need:
                 key = file_key(store, partition, sha)
                 self.objects.put_file(key, f.path)
                 try:
-                    _check_unchanged(f)
-                except ValueError:
+                    f.check_unchanged()
+                except ValueError:  # the object may not match its name: never leave it
                     with contextlib.suppress(Exception):
-                        self.objects.delete_many([key])  # its content may not match its name
+                        self.objects.delete_many([key])
                     raise
-                with lock:
-                    uploaded.append(f.name)
-                    counters["up_bytes"] += f.size
             with lock:
-                counters["done"] += f.size
+                if need:
+                    uploaded.append(f.name)
+                    count["uploaded"] += f.size
+                count["done"] += f.size
                 if progress is not None:
-                    progress(counters["done"], total)
+                    progress(count["done"], total)
             return SnapshotFile(f.name, f.size, sha)
 
-        files = tuple(sorted(self._run_parallel(one, local), key=lambda s: s.name))
+        files = tuple(self._run_parallel(one, local))
         ids = self._manifest_ids(store, partition)
         manifest = Manifest(
             store, partition, (ids[0][0] if ids else 0) + 1, time.time(), epoch, commit_seq,
@@ -347,67 +318,46 @@ class SnapshotStore:
         key = manifest_key(store, partition, manifest.snapshot_id)
         self.objects.put_bytes(key, manifest.to_json().encode())
         with self._lock:
-            self._hash_cache[(store, partition)] = new_cache
+            self._hashes[(store, partition)] = new_cache
         gc_result: GcResult | None = None
         try:
             gc_result = self.gc(store, partition)
         except Exception:
-            log.warning("gc of shard %s/%d after snapshot %d failed", store, partition,
+            log.warning("gc of %s/%d after snapshot %d failed", store, partition,
                         manifest.snapshot_id, exc_info=True)
-        stats = UploadStats(
-            manifest.snapshot_id, len(local), total, tuple(sorted(uploaded)),
-            counters["up_bytes"], counters["hashed"], time.monotonic() - t0, gc_result,
-        )
+        stats = UploadStats(manifest.snapshot_id, len(local), total, tuple(sorted(uploaded)),
+                            count["uploaded"], count["hashed"], time.monotonic() - t0, gc_result)
         with self._lock:
             self._last_upload[(store, partition)] = stats
         log.info("snapshot %s: %d files, %d of %d bytes uploaded in %.2fs", key, len(files),
                  stats.bytes_uploaded, total, stats.seconds)
         return manifest
 
-    def _scan_checkpoint(self, directory: Path) -> list[_Local]:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-            out = []
-            for e in entries:
-                if not e.is_file(follow_symlinks=True):
-                    raise ValueError(f"checkpoint {directory} has a non-file entry {e.name!r}")
-                st = e.stat()
-                out.append(_Local(e.name, Path(e.path), st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError as exc:
-            raise UnavailableError(f"cannot read checkpoint directory {directory}: {exc}") from exc
-        if "CURRENT" not in {f.name for f in out}:
-            raise ValueError(f"{directory} is not a RocksDB checkpoint (no CURRENT file)")
-        return out
-
     def _run_parallel(self, fn: Callable[[_A], _T], items: Iterable[_A]) -> list[_T]:
-        """Run fn over items on `workers` threads; on the first failure cancel what has not
-        started, wait for what has, and raise that failure."""
+        """fn over items on up to `workers` threads, results in order. On the first failure,
+        cancel what has not started, wait for what has, and raise that failure."""
         items = list(items)
         if not items:
             return []
         with ThreadPoolExecutor(min(self.workers, len(items)), "snapshot") as pool:
-            futures: list[Future[_T]] = [pool.submit(fn, it) for it in items]
+            futures = [pool.submit(fn, it) for it in items]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in futures if f in done and f.exception() is not None]
-            if failed:
+            errors = [e for f in futures if f in done and (e := f.exception()) is not None]
+            if errors:
                 for f in futures:
                     f.cancel()
-                exc = failed[0].exception()
-                assert exc is not None
-                raise exc
+                raise errors[0]
         return [f.result() for f in futures]
 
-    # ---------------------------------------------------------------- listing
+    # ------------------------------------------------------------------------------ listing
     def _manifest_ids(self, store: str, partition: int) -> list[tuple[int, str]]:
         """(snapshot_id, key) of every manifest object, newest first."""
         prefix = shard_prefix(store, partition) + "manifests/"
         out = []
         for info in self.objects.list(prefix):
-            m = _MANIFEST_NAME.fullmatch(info.key[len(prefix) :])
-            if m:
+            if m := _MANIFEST_NAME.fullmatch(info.key[len(prefix) :]):
                 out.append((int(m.group(1)), info.key))
-        out.sort(reverse=True)
-        return out
+        return sorted(out, reverse=True)
 
     def _load(self, store: str, partition: int, snapshot_id: int, key: str) -> Manifest:
         """Raises SnapshotCorruptError, or ObjectNotFoundError if it was deleted meanwhile."""
@@ -419,29 +369,30 @@ class SnapshotStore:
         return m
 
     def list_manifests(self, store: str, partition: int) -> list[Manifest]:
-        """Valid manifests, newest first; corrupt ones are skipped with a warning."""
+        """Valid manifests, newest first; corrupt ones are skipped with a logged warning."""
         out = []
         for sid, key in self._manifest_ids(store, partition):
             try:
                 out.append(self._load(store, partition, sid, key))
-            except ObjectNotFoundError:
+            except ObjectNotFoundError:  # deleted by a concurrent gc
                 continue
             except SnapshotCorruptError as exc:
                 log.warning("skipping corrupt manifest %s: %s", key, exc)
         return out
 
-    # ---------------------------------------------------------------- restore
+    # ------------------------------------------------------------------------------ restore
     def restore_latest(
         self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None
     ) -> Manifest | None:
-        """Download the newest usable snapshot into `dest_dir` (created; must be absent or empty)
-        and return its manifest. Every file is checked against its size and sha256 and fsynced.
+        """Download the newest usable snapshot into `dest_dir` (created; must be absent or
+        empty) and return its manifest. Each file is written whole (temp file + rename), checked
+        against its size and sha256, and fsynced; then dest_dir is fsynced.
 
-        A corrupt manifest, or a missing or corrupt file, is logged and the previous snapshot is
-        tried (dest_dir wiped in between). Returns None, leaving dest_dir as it was, when the
-        shard has no manifest. Raises SnapshotCorruptError listing every snapshot when manifests
-        exist but none is usable, and ObjectStoreError on a transport failure (which is not a
-        reason to fall back to an older snapshot); dest_dir is left empty or absent in both cases.
+        A corrupt manifest, or a missing or corrupt file, is logged as a warning, dest_dir is
+        wiped and the previous snapshot is tried. Returns None when the shard has no manifest
+        (dest_dir left as it was). Raises SnapshotCorruptError listing every snapshot tried when
+        manifests exist but none is usable, and ObjectStoreError on a transport failure (not a
+        reason to fall back to an older snapshot); in both cases dest_dir is left as it was.
         """
         t0 = time.monotonic()
         dest_dir = Path(dest_dir)
@@ -454,18 +405,17 @@ class SnapshotStore:
             for sid, key in self._manifest_ids(store, partition):
                 try:
                     manifest = self._load(store, partition, sid, key)
-                    got = self._download(manifest, dest_dir, progress)
-                except ObjectNotFoundError:  # manifest removed by a concurrent gc
+                    self._download(manifest, dest_dir, progress)
+                except ObjectNotFoundError:  # the manifest was deleted by a concurrent gc
                     continue
                 except SnapshotCorruptError as exc:
-                    log.warning("snapshot %d of %s/%d unusable, trying an older one: %s",
+                    log.warning("snapshot %d of %s/%d is unusable, trying an older one: %s",
                                 sid, store, partition, exc)
                     failures.append(f"{key}: {exc}")
                     _wipe(dest_dir)
                     continue
-                stats = RestoreStats(sid, got, time.monotonic() - t0, tuple(failures))
-                with self._lock:
-                    self._last_restore[(store, partition)] = stats
+                log.info("restored snapshot %d of %s/%d (%d bytes) in %.2fs", sid, store,
+                         partition, manifest.total_bytes, time.monotonic() - t0)
                 return manifest
         except BaseException:
             _wipe(dest_dir, remove=created)
@@ -477,10 +427,8 @@ class SnapshotStore:
             )
         return None
 
-    def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None) -> int:
-        total = manifest.total_bytes
-        done = [0]
-        lock = threading.Lock()
+    def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None) -> None:
+        total, done, lock = manifest.total_bytes, [0], threading.Lock()
         sid = manifest.snapshot_id
 
         def one(f: SnapshotFile) -> None:
@@ -493,11 +441,11 @@ class SnapshotStore:
                     f"snapshot {sid} file {f.name}: object {key} is missing"
                 ) from exc
             size = target.stat().st_size
-            sha = sha256_file(target) if size == f.size else ""
-            if size != f.size or sha != f.sha256:
+            sha = sha256_file(target) if size == f.size else "-"
+            if (size, sha) != (f.size, f.sha256):
                 raise SnapshotCorruptError(
                     f"snapshot {sid} file {f.name} (object {key}) failed verification: size "
-                    f"{size} (expected {f.size}), sha256 {sha or '-'} (expected {f.sha256})"
+                    f"{size} (expected {f.size}), sha256 {sha} (expected {f.sha256})"
                 )
             with lock:
                 done[0] += f.size
@@ -506,19 +454,22 @@ class SnapshotStore:
 
         self._run_parallel(one, manifest.files)
         with contextlib.suppress(OSError):
-            _fsync_dir(dest_dir)
-        return total
+            fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
-    # ---------------------------------------------------------------- gc
+    # ------------------------------------------------------------------------------ gc
     def gc(self, store: str, partition: int) -> GcResult:
-        """Keep the newest `keep` valid manifests (and any manifest newer than the oldest kept
-        one, even if corrupt); delete older manifests, then files no kept manifest references
-        whose last_modified is at least gc_grace_s old. If a kept manifest is unreadable, or no
-        manifest is valid, no file is deleted. Not atomic; safe to rerun after a failure."""
+        """Keep the newest `keep` valid manifests, and any newer corrupt one; delete the older
+        manifests, then the files no kept manifest references whose last_modified is at least
+        gc_grace_s old. If a kept manifest is unreadable or none is valid, no file is deleted.
+        Not atomic (manifests go first, so a crash leaves only unreferenced files); safe to
+        rerun. Raises ObjectStoreError."""
         ids = self._manifest_ids(store, partition)
         kept: list[Manifest] = []
-        unreadable = 0
-        cut = len(ids)
+        unreadable, cut = 0, len(ids)
         for i, (sid, key) in enumerate(ids):
             try:
                 kept.append(self._load(store, partition, sid, key))
@@ -531,8 +482,7 @@ class SnapshotStore:
                 cut = i + 1
                 break
         old = [key for _, key in ids[cut:]]
-        if old:
-            self.objects.delete_many(old)
+        self.objects.delete_many(old)
         if not kept or unreadable:
             return GcResult(len(ids) - len(old), len(old), 0, 0)
         referenced = {f.sha256 for m in kept for f in m.files}
@@ -544,21 +494,19 @@ class SnapshotStore:
         return GcResult(len(ids) - len(old), len(old), len(doomed), sum(i.size for i in doomed))
 
 
-def _check_unchanged(f: _Local) -> None:
+def _scan_checkpoint(directory: Path) -> list[_Local]:
     try:
-        st = f.path.stat()
+        out = []
+        for e in sorted(os.scandir(directory), key=lambda e: e.name):
+            if not e.is_file():
+                raise ValueError(f"checkpoint {directory} has a non-file entry {e.name!r}")
+            st = e.stat()
+            out.append(_Local(e.name, Path(e.path), st.st_size, st.st_mtime_ns, st.st_ino))
     except OSError as exc:
-        raise UnavailableError(f"checkpoint file {f.path} vanished: {exc}") from exc
-    if (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.ino):
-        raise ValueError(f"checkpoint file {f.path} changed during the snapshot")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise UnavailableError(f"cannot read checkpoint directory {directory}: {exc}") from exc
+    if "CURRENT" not in {f.name for f in out}:
+        raise ValueError(f"{directory} is not a RocksDB checkpoint (it has no CURRENT file)")
+    return out
 
 
 def _wipe(directory: Path, remove: bool = False) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from tierstore import __version__
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from tierstore.server.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, FLAGS, env_name
 
     p = sub.add_parser(
