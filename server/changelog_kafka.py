@@ -93,6 +93,7 @@ class KafkaConfig:
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "max.partition.fetch.bytes": max(self.max_message_bytes, self.fetch_max_bytes // 4),
             "fetch.max.bytes": self.fetch_max_bytes,
+            "fetch.queue.backoff.ms": 10,  # default 1 s stalls big reads once 100k are queued
             "receive.message.max.bytes": self.fetch_max_bytes + self.max_message_bytes + MiB,
             **dict(self.extra),
         }
