@@ -45,7 +45,7 @@ class KafkaConfig:
     delete_retention_ms: int = _WEEK_MS
     # values up to 8 MiB + keys up to 64 KiB + headers and record framing
     max_message_bytes: int = 9 * MiB + 64 * 1024
-    linger_ms: int = 2
+    linger_ms: int = 0  # measured best: an append waits for its acks, so nothing to wait for
     batch_size: int = 4 * MiB
     batch_num_messages: int = 10_000
     compression_type: str = "none"
@@ -195,16 +195,19 @@ class KafkaChangelog:
         timeout_s = self._cfg.admin_timeout_ms / 1000
         new = NewTopic(topic, num_partitions, self._cfg.replication_factor,
                        config=self._cfg.topic_configs())
+        futures = {}
         try:
-            future = admin.create_topics([new], operation_timeout=timeout_s,
-                                         request_timeout=timeout_s)[topic]
-            future.result(timeout=timeout_s + 5)
+            futures = admin.create_topics([new], operation_timeout=timeout_s,
+                                          request_timeout=timeout_s)
+            futures[topic].result(timeout=timeout_s + 5)
         except KafkaException as exc:
             err = _error_of(exc)
             if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ChangelogError(f"cannot create changelog topic {topic}: {exc}") from exc
         except Exception as exc:  # e.g. concurrent.futures.TimeoutError
             raise ChangelogError(f"cannot create changelog topic {topic}: {exc!r}") from exc
+        finally:  # a failed future's traceback refers to this frame: break the cycle, or the
+            futures.clear()  # admin client (and its broker connection) outlives close()
         return self._partition_count(admin, topic, time.monotonic() + timeout_s)
 
     def _partition_count(self, admin: AdminClient, topic: str, deadline: float) -> int:
@@ -441,6 +444,8 @@ class KafkaChangelog:
         self._stop.set()
         if poller is not None:
             poller.join()
+        with self._lock:  # drop the handles: librdkafka destroys a client when it is collected
+            self._producer, self._admin, self._retired = None, None, []
         if producer is not None:
             try:
                 producer.close()

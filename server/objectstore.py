@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import boto3
 import boto3.exceptions
@@ -38,8 +37,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tierstore.server.errors import ObjectNotFoundError, ObjectStoreError
 from tierstore.server.ports import ObjectInfo, ObjectStore
-
-log = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".tmp."  # temporary files of atomic writes; never listed, never a valid key segment
 _COPY_CHUNK = 1 << 20
@@ -363,7 +360,7 @@ def open_object_store(
             raise ValueError(f"object store URL {url!r}: expected file:///absolute/path")
         if parts.query or parts.fragment:
             raise ValueError(f"object store URL {url!r}: query or fragment not allowed")
-        return LocalObjectStore(Path(parts.path))
+        return LocalObjectStore(Path(unquote(parts.path)))  # as Path.as_uri() quotes it
     if parts.scheme == "s3":
         if not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"object store URL {url!r}: expected s3://bucket/prefix")

@@ -89,11 +89,15 @@ class Registry:
         return spec
 
     def resolve(
-        self, name: str, type_: str, num_partitions: int, window_size_ms: int, retention_ms: int
+        self, name: str, type_: str, num_partitions: int, window_size_ms: int, retention_ms: int,
+        partition: int | None = None,
     ) -> StoreSpec:
-        """The store's spec, creating the store if this is its first claim."""
+        """The store's spec, creating the store if this is its first claim. With `partition`, a
+        partition out of range is refused before anything is created."""
         existing = self.find_spec(name)
         spec = reconcile(existing, name, type_, num_partitions, window_size_ms, retention_ms)
+        if partition is not None:
+            spec.check_partition(partition)
         if existing is None:
             if self.changelog is not None:
                 self.changelog.ensure_topic(name, spec.num_partitions)

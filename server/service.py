@@ -60,7 +60,9 @@ class StoreService:
         retention_ms: int = 0,
     ) -> tuple[ShardMeta, StoreSpec]:
         self._check_open()
-        spec = self.registry.resolve(store, type_, num_partitions, window_size_ms, retention_ms)
+        spec = self.registry.resolve(
+            store, type_, num_partitions, window_size_ms, retention_ms, partition=partition
+        )
         shard = self.registry.shard(spec, partition)
         return shard.claim(), spec
 

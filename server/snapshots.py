@@ -216,7 +216,7 @@ class _Local:
         except OSError as exc:
             raise UnavailableError(f"checkpoint file {self.path} vanished: {exc}") from exc
         if (st.st_size, st.st_mtime_ns, st.st_ino) != (self.size, self.mtime_ns, self.ino):
-            raise ValueError(f"checkpoint file {self.path} changed during the snapshot")
+            raise UnavailableError(f"checkpoint file {self.path} changed during the snapshot")
 
 
 class SnapshotStore:
@@ -258,8 +258,8 @@ class SnapshotStore:
         Files whose content is not yet stored are uploaded in parallel; then the manifest is
         written (the atomic step, snapshot_id = previous max + 1); then gc runs (a gc failure is
         logged, not raised). Byte counts are in `last_upload(store, partition)`.
-        On failure (ObjectStoreError; UnavailableError if a local file cannot be read; ValueError
-        if the directory is not a checkpoint or changed meanwhile) no manifest is written: the
+        On failure (ObjectStoreError; UnavailableError if a local file cannot be read or changed
+        meanwhile; ValueError if the directory is not a checkpoint) no manifest is written: the
         previous snapshot stays the latest, and files already uploaded are left for gc.
         """
         t0 = time.monotonic()
@@ -296,7 +296,7 @@ class SnapshotStore:
                 self.objects.put_file(key, f.path)
                 try:
                     f.check_unchanged()
-                except ValueError:  # the object may not match its name: never leave it
+                except UnavailableError:  # the object may not match its name: never leave it
                     with contextlib.suppress(Exception):
                         self.objects.delete_many([key])
                     raise
@@ -510,12 +510,7 @@ def _scan_checkpoint(directory: Path) -> list[_Local]:
 
 
 def _wipe(directory: Path, remove: bool = False) -> None:
-    """Delete everything inside `directory` (and `directory` itself if `remove`)."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in list(directory.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink(missing_ok=True)
-        if remove:
-            directory.rmdir()
+    """Delete everything inside `directory`, and `directory` itself if `remove`."""
+    shutil.rmtree(directory, ignore_errors=True)
+    if not remove:
+        directory.mkdir(parents=True, exist_ok=True)

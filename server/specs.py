@@ -9,14 +9,18 @@ from dataclasses import asdict, dataclass
 from tierstore.server.errors import InvalidArgumentError
 
 STORE_TYPES = ("kv", "window", "session")
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 MAX_PARTITIONS = 10_000
 
 
 def check_store_name(name: str) -> None:
-    if not _NAME.match(name or ""):
+    # fullmatch, not match with "$" (which accepts a trailing newline); "." and ".." would be
+    # path components, and ".tmp." is the object store's prefix for uploads in progress.
+    if (not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", "..")
+            or name.startswith(".tmp.")):
         raise InvalidArgumentError(
-            f"bad store name {name!r}: use 1 to 200 characters from A-Z a-z 0-9 . _ -"
+            f"bad store name {name!r}: use 1 to 200 characters from A-Z a-z 0-9 . _ - "
+            f"(not '.' or '..', and not starting with '.tmp.')"
         )
 
 

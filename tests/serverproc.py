@@ -63,7 +63,8 @@ class ServerProc:
                 line = lines.get(timeout=0.1)
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
+                    msg = f"server exited {self.proc.returncode}: {self.log()}"
+                    raise RuntimeError(msg) from None
                 continue
             text = line.decode().strip()
             if text.startswith("listening on "):

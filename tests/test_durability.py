@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tests.infra import Broker, S3Server
 from tests.serverproc import ServerProc
@@ -92,26 +92,44 @@ def test_kill9_between_commits_restores_on_empty_data_dir(
         c.close()
 
 
-def _wait_for_batch_records(bootstrap: str, topic: str, partition: int, seq: int) -> None:
-    """Block until the changelog holds data records of commit `seq` (the commit is mid-way)."""
-    import time
+class ChangelogProbe:
+    """Follows a changelog partition, to kill the server at a chosen point of a commit."""
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "probe", "enable.auto.commit": False,
-    })
-    consumer.assign([TopicPartition(topic, partition, 0)])
-    deadline = time.monotonic() + 60
-    try:
+    def __init__(self, bootstrap: str, topic: str, partition: int) -> None:
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": "probe", "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        })
+        self.consumer.assign([TopicPartition(topic, partition, 0)])
+        self.drain()
+
+    def drain(self) -> None:
+        """Read up to the current end of the partition."""
+        import time
+
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.2):
+            for msg in self.consumer.consume(1000, 0.2):
+                if msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                    return
+        raise TimeoutError("probe could not reach the end of the changelog")
+
+    def wait_for_record_of(self, seq: int) -> None:
+        """Block until a data record of commit `seq` arrives (the commit is under way)."""
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for msg in self.consumer.consume(100, 0.05):
                 if msg.error() or not msg.key():
                     continue
                 headers = dict(msg.headers() or [])
                 if int.from_bytes(headers.get("ts.s", b"\0"), "big") == seq:
                     return
         raise TimeoutError("the in-flight commit never reached the changelog")
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def test_kill9_during_a_commit_applies_all_or_nothing(
@@ -125,7 +143,9 @@ def test_kill9_during_a_commit_applies_all_or_nothing(
         kv = a.client().key_value_store("clicks", partition=0, num_partitions=1)
         for i in range(1, 4):
             model.commit_random(kv, rng, 100, offset=i)
-        # A large commit: kill the server once its records are in the log, before its marker.
+        probe = ChangelogProbe(cluster["kafka"], "tierstore-clicks-changelog", 0)
+        # A large commit: kill the server once its first records are in the log, long before
+        # all of them (and the commit marker) can be.
         for i in range(60_000):
             big_batch[b"big-%06d" % i] = b"x" * 20
         kv.put_all(big_batch.items())
@@ -140,9 +160,10 @@ def test_kill9_during_a_commit_applies_all_or_nothing(
 
         t = threading.Thread(target=commit)
         t.start()
-        _wait_for_batch_records(cluster["kafka"], "tierstore-clicks-changelog", 0, seq=4)
+        probe.wait_for_record_of(seq=4)
         a.kill9()
         t.join(timeout=60)
+        probe.close()
     finally:
         a.close()
     assert outcome and isinstance(outcome[0], errors.StateStoreError), outcome
@@ -150,7 +171,8 @@ def test_kill9_during_a_commit_applies_all_or_nothing(
     try:
         kv2 = b.client().key_value_store("clicks", partition=0)
         state = dict(kv2.all())
-        # The commit was never acknowledged: the state is exactly the previous commit.
+        # The commit was never acknowledged and its marker never written: the state is
+        # exactly the previous commit, none of the 60,000 records it had begun to append.
         assert state == model.state
         assert kv2.committed_offsets == model.offsets
         model.commit_random(kv2, rng, 100, offset=1000)

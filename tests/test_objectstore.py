@@ -191,6 +191,8 @@ def test_open_object_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     local = open_object_store(f"file://{tmp_path}/snap", None)
     assert isinstance(local, LocalObjectStore) and local.root == tmp_path / "snap"
     assert open_object_store(tmp_path.as_uri(), None).describe() == f"file://{tmp_path}"
+    spaced = open_object_store((tmp_path / "a b%").as_uri(), None)  # as_uri() percent-quotes
+    assert isinstance(spaced, LocalObjectStore) and spaced.root == tmp_path / "a b%"
     plain = open_object_store(str(tmp_path / "plain"), None)
     assert isinstance(plain, LocalObjectStore) and plain.root == tmp_path / "plain"
     monkeypatch.chdir(tmp_path)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from rocksdict import Checkpoint, Options, Rdict
 
 from tests.infra import S3_ENV, S3Server
-from tierstore.server.errors import ObjectStoreError, SnapshotCorruptError
+from tierstore.server.errors import ObjectStoreError, SnapshotCorruptError, UnavailableError
 from tierstore.server.objectstore import LocalObjectStore, S3ObjectStore
 from tierstore.server.ports import ObjectInfo, ObjectStore
 from tierstore.server.snapshots import (
@@ -32,9 +33,13 @@ STORE, PART = "counts", 3
 class Recording:
     """An ObjectStore proxy that records the keys written, and can fail after N put_file calls."""
 
-    def __init__(self, inner: ObjectStore, fail_after: int | None = None) -> None:
+    def __init__(
+        self, inner: ObjectStore, fail_after: int | None = None,
+        before_put: Callable[[Path], object] | None = None,
+    ) -> None:
         self.inner = inner
         self.fail_after = fail_after
+        self.before_put = before_put
         self.files_put: list[str] = []
         self._lock = threading.Lock()
 
@@ -46,6 +51,8 @@ class Recording:
             if self.fail_after is not None and len(self.files_put) >= self.fail_after:
                 raise ObjectStoreError(f"injected failure putting {key}")
             self.files_put.append(key)
+        if self.before_put is not None:
+            self.before_put(path)
         self.inner.put_file(key, path)
 
     def get_bytes(self, key: str) -> bytes:
@@ -328,6 +335,26 @@ def test_failed_upload_leaves_previous_snapshot_latest(
     assert snaps.restore_latest(STORE, PART, dest) == m1
     assert contents(dest) == state1
     assert upload(snaps, db, tmp_path, 2).snapshot_id == 2  # a retry succeeds
+
+
+def test_checkpoint_changed_during_upload_is_refused(
+    objects: ObjectStore, db: Rdict, tmp_path: Path
+) -> None:
+    write(db, 0, 100, seed=1)
+
+    def tamper(path: Path) -> None:
+        if path.name == "CURRENT":  # a copied file, not a hard link into the live database
+            with path.open("ab") as f:
+                f.write(b"changed")
+
+    snaps = SnapshotStore(Recording(objects, before_put=tamper))
+    with pytest.raises(UnavailableError, match="changed"):
+        upload(snaps, db, tmp_path, 1)
+    assert snaps.list_manifests(STORE, PART) == []
+    # the object whose content no longer matches its name was removed again
+    for sha in stored_files(objects):
+        key = file_key(STORE, PART, sha)
+        assert hashlib.sha256(objects.get_bytes(key)).hexdigest() == sha
 
 
 def test_concurrent_uploads_of_different_shards(objects: ObjectStore, tmp_path: Path) -> None:
