@@ -1,11 +1,11 @@
 """The changelog on Kafka (confluent-kafka / librdkafka): one compacted topic per store.
 
-Atomicity is NOT taken from Kafka: a batch is a run of data records followed by a marker record
-(key ``b""``), and the marker is produced only after every data record of the batch was
-acknowledged, so a marker in the log proves its whole batch is in the log before it. A failed
-append may leave some data records of the batch in the log without a marker; the restore protocol
-(record headers + markers) ignores them. Nothing here relies on transactions, on compaction, or on
-the high watermark (wrong on Tansu): the end of a partition is found with partition-EOF events.
+Atomicity is not taken from Kafka: a batch is a run of data records followed by a marker record
+(key ``b""``), produced only after every data record of the batch was acknowledged, so a marker in
+the log proves that its whole batch is in the log before it. A failed append may leave some data
+records of its batch in the log without a marker; restore (headers + markers) ignores them.
+Nothing here relies on transactions, compaction or the high watermark (wrong on Tansu): the end of
+a partition is found with partition-EOF events.
 """
 
 from __future__ import annotations
@@ -43,34 +43,30 @@ class KafkaConfig:
     replication_factor: int = -1  # -1: the broker's default.replication.factor
     min_compaction_lag_ms: int = _WEEK_MS
     delete_retention_ms: int = _WEEK_MS
-    # values up to 8 MiB + keys up to 64 KiB + headers and record framing
-    max_message_bytes: int = 9 * MiB + 64 * 1024
-    linger_ms: int = 0  # measured best: an append waits for its acks, so nothing to wait for
+    max_message_bytes: int = 9 * MiB + 64 * 1024  # 8 MiB value + 64 KiB key + headers, framing
+    linger_ms: int = 0  # measured best: an append waits for its own acks, batches form anyway
     batch_size: int = 4 * MiB
     batch_num_messages: int = 10_000
     compression_type: str = "none"
-    message_timeout_ms: int = 30_000  # bound on one append's wait for its acknowledgements
+    message_timeout_ms: int = 30_000  # bounds one append's wait for its acknowledgements
     request_timeout_ms: int = 10_000
     admin_timeout_ms: int = 30_000
-    fetch_wait_max_ms: int = 10  # the broker waits this long on an empty fetch: sets EOF latency
+    fetch_wait_max_ms: int = 10  # a fetch at the end waits this long: the latency of EOF (>= 1)
     fetch_max_bytes: int = 64 * MiB
     read_page_records: int = 5_000
-    read_idle_timeout_ms: int = 30_000  # a read with no record and no EOF for this long fails
+    read_idle_timeout_ms: int = 30_000  # a read with neither a record nor EOF this long fails
     client_id: str = "tierstore"
-    # extra librdkafka settings for all three clients, e.g. (("security.protocol", "SSL"),)
-    extra: tuple[tuple[str, str], ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # for all clients, e.g. (("security.protocol", "SSL"),)
 
-    def _common(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id, **self._extra()}
-
-    def _extra(self) -> dict[str, Any]:
-        return dict(self.extra)
+    def _with(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id, **settings,
+                **dict(self.extra)}
 
     def to_confluent_producer(self) -> dict[str, Any]:
-        return {
-            **self._common(),
-            "enable.idempotence": True,  # implies acks=all, in-order retries
+        return self._with({
+            "enable.idempotence": True,  # acks=all, ordered retries without duplicates
             "acks": "all",
+            "allow.auto.create.topics": False,  # a missing topic is an error, not a default topic
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size,
             "batch.num.messages": self.batch_num_messages,
@@ -78,12 +74,10 @@ class KafkaConfig:
             "message.max.bytes": self.max_message_bytes,
             "message.timeout.ms": self.message_timeout_ms,
             "request.timeout.ms": min(self.request_timeout_ms, self.message_timeout_ms),
-            **dict(self.extra),
-        }
+        })
 
     def to_confluent_consumer(self) -> dict[str, Any]:
-        return {
-            **self._common(),
+        return self._with({
             "group.id": f"{self.client_id}-changelog-reader",  # required by the client; unused
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -93,13 +87,12 @@ class KafkaConfig:
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "max.partition.fetch.bytes": max(self.max_message_bytes, self.fetch_max_bytes // 4),
             "fetch.max.bytes": self.fetch_max_bytes,
-            "fetch.queue.backoff.ms": 10,  # default 1 s stalls big reads once 100k are queued
+            "fetch.queue.backoff.ms": 10,  # the default 1 s stalls long reads (4x slower)
             "receive.message.max.bytes": self.fetch_max_bytes + self.max_message_bytes + MiB,
-            **dict(self.extra),
-        }
+        })
 
     def to_admin(self) -> dict[str, Any]:
-        return self._common()
+        return self._with({})
 
     def topic_configs(self) -> dict[str, str]:
         return {
@@ -111,9 +104,8 @@ class KafkaConfig:
 
 
 def _describe(err: KafkaError) -> str:
-    flags = "".join(
-        f" ({word})" for word, on in (("fatal", err.fatal()), ("retriable", err.retriable())) if on
-    )
+    flags = "".join(f" ({w})" for w, on in (("fatal", err.fatal()), ("retriable",
+                                                                      err.retriable())) if on)
     return f"{err.name()}: {err.str()}{flags}"
 
 
@@ -123,8 +115,8 @@ def _error_of(exc: KafkaException) -> KafkaError | None:
 
 
 class _Waiter:
-    """Counts the delivery reports of one append call. Called on the poller thread (or on any
-    thread serving the producer's queue); `itertools.count` is atomic under the GIL."""
+    """Counts the delivery reports of one append call, as its on_delivery callback. Runs on the
+    poller thread (or any thread serving the producer); `itertools.count` is atomic (GIL)."""
 
     __slots__ = ("_count", "_expected", "done", "error", "offset")
 
@@ -147,16 +139,15 @@ class _Waiter:
 
 
 class KafkaChangelog:
-    """`Changelog` on Kafka. One idempotent producer for the whole server, shared by threads;
-    a background thread serves its delivery reports. Each read uses its own short-lived consumer
-    with assign() (no group). Every failure is raised as ChangelogError with the Kafka error as
-    its cause."""
+    """`Changelog` on Kafka. One idempotent producer for the whole server, shared by threads,
+    with a background thread serving its delivery reports; each read uses its own consumer with
+    assign() (no group). Failures raise ChangelogError with the Kafka error as the cause."""
 
     def __init__(self, config: KafkaConfig) -> None:
         self._cfg = config
-        self._lock = threading.Lock()  # producer/admin creation and replacement, close
+        self._lock = threading.Lock()  # client creation and replacement, close
         self._topic_lock = threading.Lock()  # serialises topic creation
-        self._known: dict[str, int] = {}  # topic -> partition count, verified on the broker
+        self._known: dict[str, int] = {}  # topic -> partition count seen on the broker
         self._producer: Producer | None = None
         self._retired: list[Producer] = []  # replaced after a fatal error; drained by the poller
         self._admin: AdminClient | None = None
@@ -169,12 +160,13 @@ class KafkaChangelog:
             raise InvalidArgumentError(f"invalid store name {store!r}")
         return f"{self._cfg.topic_prefix}{store}-changelog"
 
-    # ---- topics ----------------------------------------------------------------------------
+    # ---- topics --------------------------------------------------------------------------------
 
     def ensure_topic(self, store: str, num_partitions: int) -> None:
-        """Create the store's compacted topic if missing, then check on the broker's metadata
-        that it has `num_partitions` partitions. Idempotent and thread-safe; a verified topic is
-        cached. Raises ChangelogError if the counts differ or the broker cannot be reached."""
+        """Create the store's compacted topic if missing, then check in the broker's metadata
+        that it has `num_partitions` partitions. Idempotent and thread-safe; the count is cached.
+        Raises ChangelogError if the counts differ or the broker cannot be reached in
+        admin_timeout_ms (the topic may then exist or not: calling again is safe)."""
         topic = self.topic_for(store)
         if num_partitions < 1:
             raise InvalidArgumentError(f"num_partitions must be >= 1, got {num_partitions}")
@@ -183,8 +175,7 @@ class KafkaChangelog:
             with self._topic_lock:
                 known = self._known.get(topic)
                 if known is None:
-                    known = self._create_topic(topic, num_partitions)
-                    self._known[topic] = known
+                    known = self._known[topic] = self._create_topic(topic, num_partitions)
         if known != num_partitions:
             raise ChangelogError(
                 f"changelog topic {topic} has {known} partitions, but {num_partitions} were asked"
@@ -206,27 +197,38 @@ class KafkaChangelog:
                 raise ChangelogError(f"cannot create changelog topic {topic}: {exc}") from exc
         except Exception as exc:  # e.g. concurrent.futures.TimeoutError
             raise ChangelogError(f"cannot create changelog topic {topic}: {exc!r}") from exc
-        finally:  # a failed future's traceback refers to this frame: break the cycle, or the
-            futures.clear()  # admin client (and its broker connection) outlives close()
-        return self._partition_count(admin, topic, time.monotonic() + timeout_s)
+        finally:  # a failed future's traceback refers to this frame: break the cycle, else the
+            futures.clear()  # admin client and its connection outlive close() until a gc run
+        return self._partition_count(topic, time.monotonic() + timeout_s, wait=True)
 
-    def _partition_count(self, admin: AdminClient, topic: str, deadline: float) -> int:
-        """The topic's partition count from metadata, waiting for it to show up (a new topic
-        may take a moment to reach every broker's metadata)."""
+    def _partition_count(self, topic: str, deadline: float, wait: bool) -> int:
+        """The topic's partition count from the broker's metadata; with `wait`, wait for a new
+        topic to show up there. Raises ChangelogError for a missing topic."""
+        admin = self._get_admin()
         while True:
             try:
                 md = admin.list_topics(topic=topic, timeout=max(0.1, deadline - time.monotonic()))
                 tmd = md.topics.get(topic)
                 if tmd is not None and tmd.error is None and tmd.partitions:
                     return len(tmd.partitions)
-                problem = f"metadata error {tmd.error}" if tmd is not None else "not in metadata"
+                problem = f"{tmd.error}" if tmd is not None else "not in the metadata"
+                cause: Exception | None = None
             except KafkaException as exc:
-                if time.monotonic() >= deadline:
-                    raise ChangelogError(f"cannot read metadata of {topic}: {exc}") from exc
-                problem = str(exc)
-            if time.monotonic() >= deadline:
-                raise ChangelogError(f"changelog topic {topic} did not appear: {problem}")
+                problem, cause, wait = str(exc), exc, True  # retry connection problems
+            if not wait or time.monotonic() >= deadline:
+                raise ChangelogError(f"changelog topic {topic} is not usable: {problem}"
+                                     " (was ensure_topic called?)") from cause
             self._stop.wait(0.05)
+
+    def _count_of(self, topic: str, partition: int) -> None:
+        """Check that the topic exists (cached) and has `partition`; else InvalidArgumentError
+        or ChangelogError, instead of a hang or an auto-created topic."""
+        count = self._known.get(topic)
+        if count is None:
+            deadline = time.monotonic() + self._cfg.admin_timeout_ms / 1000
+            count = self._known[topic] = self._partition_count(topic, deadline, wait=False)
+        if not 0 <= partition < count:
+            raise InvalidArgumentError(f"partition {partition} not in {topic} ({count} partitions)")
 
     def _get_admin(self) -> AdminClient:
         with self._lock:
@@ -235,7 +237,7 @@ class KafkaChangelog:
                 self._admin = AdminClient(self._cfg.to_admin())
             return self._admin
 
-    # ---- append ----------------------------------------------------------------------------
+    # ---- append --------------------------------------------------------------------------------
 
     def append_batch(
         self,
@@ -247,16 +249,17 @@ class KafkaChangelog:
         marker_value: bytes,
         marker_headers: Sequence[Header],
     ) -> int:
-        """Produce the data records in order, wait for ALL of their acknowledgements, then
-        produce the marker (key b"") and wait for it; return the marker's offset.
+        """Produce the data records in order, wait for ALL their acknowledgements, then produce
+        the marker (key b"") and wait for it; return the marker's offset. Thread-safe; waits only
+        for this call's own messages, so concurrent calls do not delay each other.
 
-        Not atomic on its own: on any failure (a produce error, a failed delivery report, or no
-        report within message_timeout_ms + a grace) ChangelogError is raised, the marker is not
-        written, and some data records of this batch may be in the log (or land later). Waits
-        only for this call's own messages, so concurrent calls do not delay each other."""
+        Not atomic by itself: on any failure (produce error, failed delivery report, or none
+        within message_timeout_ms + 5 s) ChangelogError is raised and the marker is not written,
+        but some data records of this batch may be in the log, or even land later."""
         if len(keys) != len(values):
             raise InvalidArgumentError(f"{len(keys)} keys but {len(values)} values")
         topic = self.topic_for(store)
+        self._count_of(topic, partition)
         producer = self._get_producer()
         if keys:
             data = _Waiter(len(keys))
@@ -268,22 +271,15 @@ class KafkaChangelog:
         self._await(producer, marker, topic, partition, "the commit marker")
         return marker.offset
 
-    def _produce(
-        self,
-        producer: Producer,
-        topic: str,
-        partition: int,
-        keys: Sequence[bytes],
-        values: Sequence[bytes | None],
-        headers: list[Any] | None,
-        waiter: _Waiter,
-    ) -> None:
-        produce = producer.produce
+    def _produce(self, producer: Producer, topic: str, partition: int, keys: Sequence[bytes],
+                 values: Sequence[bytes | None], headers: list[Any] | None,
+                 waiter: _Waiter) -> None:
+        produce = producer.produce  # the hot loop: one C call per record
         try:
             for key, value in zip(keys, values, strict=True):
                 try:
                     produce(topic, value, key, partition, on_delivery=waiter, headers=headers)
-                except BufferError:  # local queue full: let the poller drain it, then retry
+                except BufferError:  # local queue full: wait for room, up to message timeout
                     deadline = time.monotonic() + self._cfg.message_timeout_ms / 1000
                     while True:
                         producer.poll(0.05)
@@ -302,55 +298,50 @@ class KafkaChangelog:
         except BufferError as exc:
             raise ChangelogError(f"producer queue full for {topic}[{partition}]") from exc
 
-    def _await(
-        self, producer: Producer, waiter: _Waiter, topic: str, partition: int, what: str
-    ) -> None:
+    def _await(self, producer: Producer, waiter: _Waiter, topic: str, partition: int,
+               what: str) -> None:
         timeout_s = self._cfg.message_timeout_ms / 1000 + _DELIVERY_GRACE_S
         if not waiter.done.wait(timeout_s):
             raise ChangelogError(
                 f"no delivery report for {what} to {topic}[{partition}] within {timeout_s:.1f}s"
             )
-        err = waiter.error
-        if err is not None:
+        if (err := waiter.error) is not None:
             self._note_error(producer, err)
             raise ChangelogError(
                 f"delivery of {what} to {topic}[{partition}] failed: {_describe(err)}"
             ) from KafkaException(err)
 
     def _note_error(self, producer: Producer, err: KafkaError) -> None:
-        """After a fatal error the idempotent producer is unusable: retire it (its queued
-        messages fail) so that the next append gets a fresh one."""
+        """A fatal error makes the idempotent producer unusable: retire it (its queued messages
+        fail) so that the next append gets a fresh one."""
         if not (err.fatal() or err.code() == KafkaError._FATAL):
             return
         with self._lock:
-            if self._producer is producer:
-                _log.error("changelog producer hit a fatal error, replacing it: %s",
-                           _describe(err))
-                self._producer = None
-                self._retired.append(producer)
+            if self._producer is not producer:
+                return
+            _log.error("changelog producer hit a fatal error, replacing it: %s", _describe(err))
+            self._producer = None
+            self._retired.append(producer)
         try:
             producer.purge(in_queue=True, in_flight=True, blocking=False)
-        except KafkaException:
-            _log.debug("purge of a failed producer failed", exc_info=True)
+        except (KafkaException, RuntimeError):
+            _log.debug("purging a failed producer failed", exc_info=True)
 
     def _get_producer(self) -> Producer:
-        producer = self._producer
-        if producer is not None:
+        if (producer := self._producer) is not None:
             return producer
         with self._lock:
             self._check_open()
             if self._producer is None:
+                conf = {**self._cfg.to_confluent_producer(), "error_cb": self._on_error,
+                        "logger": _log}
                 try:
-                    self._producer = Producer(
-                        {**self._cfg.to_confluent_producer(), "error_cb": self._on_error,
-                         "logger": _log}
-                    )
+                    self._producer = Producer(conf)
                 except KafkaException as exc:
                     raise ChangelogError(f"cannot create the Kafka producer: {exc}") from exc
             if self._poller is None:
-                self._poller = threading.Thread(
-                    target=self._poll_loop, name="changelog-producer-poll", daemon=True
-                )
+                self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                                name="changelog-producer-poll")
                 self._poller.start()
             return self._producer
 
@@ -358,37 +349,35 @@ class KafkaChangelog:
         _log.warning("changelog Kafka client error: %s", _describe(err))
 
     def _poll_loop(self) -> None:
-        """Serves delivery reports (which wake the waiting append calls) until close()."""
+        """Serves delivery reports (which wake the waiting appends) until close()."""
         while not self._stop.is_set():
             try:
                 for old in list(self._retired):
                     old.poll(0)
                     if len(old) == 0:
                         self._retired.remove(old)
-                producer = self._producer
-                if producer is None:
+                if (producer := self._producer) is None:
                     self._stop.wait(0.05)
                 else:
                     producer.poll(0.1)
             except Exception:  # a callback must never kill the poller
                 _log.exception("changelog producer poll failed")
 
-    # ---- read ------------------------------------------------------------------------------
+    # ---- read ----------------------------------------------------------------------------------
 
     def read(
         self, store: str, partition: int, start_offset: int
     ) -> Iterator[list[ChangelogRecord]]:
-        """Yield the records from `start_offset` to the end of the partition in pages (lists of
-        at most read_page_records), ending at the partition-EOF event; an empty partition or a
-        start offset equal to the end yields nothing. Raises ChangelogError on a Kafka error
-        (e.g. start_offset outside the log on Apache Kafka) or if neither a record nor the EOF
-        arrives for read_idle_timeout_ms (broker down; on Tansu also a start offset beyond the
-        end). Closing the generator early closes its consumer."""
+        """Yield the records from `start_offset` to the end of the partition, in pages of at most
+        read_page_records, ending at the partition-EOF event: an empty partition, or a start
+        equal to the end, yields nothing. Raises ChangelogError (possibly after some pages) on a
+        Kafka error (e.g. an offset outside the log, on Apache Kafka), a missing topic, or when
+        neither a record nor the EOF arrives for read_idle_timeout_ms (broker down; on Tansu also
+        a start beyond the end). Closing the generator early closes its consumer."""
         topic = self.topic_for(store)
-        if start_offset < 0 or partition < 0:
-            raise InvalidArgumentError(f"bad partition {partition} or offset {start_offset}")
-        with self._lock:
-            self._check_open()
+        if start_offset < 0:
+            raise InvalidArgumentError(f"start_offset must be >= 0, got {start_offset}")
+        self._count_of(topic, partition)
         return self._read(topic, partition, start_offset)
 
     def _read(self, topic: str, partition: int, start: int) -> Iterator[list[ChangelogRecord]]:
@@ -403,13 +392,14 @@ class KafkaChangelog:
             consumer.assign([TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + idle_s
             while True:
+                # poll() returns as soon as anything is there; consume(n, 0) then takes what is
+                # queued without waiting (consume(n, t) would wait t for n messages at the end).
                 first = consumer.poll(max(0.0, min(1.0, deadline - time.monotonic())))
                 if first is None:
                     if time.monotonic() >= deadline:
                         raise ChangelogError(
                             f"reading {where}: neither a record nor end-of-partition within "
-                            f"{idle_s:.1f}s (broker unreachable, or offset beyond the end?)"
-                        )
+                            f"{idle_s:.1f}s (broker unreachable, or offset beyond the end?)")
                     continue
                 msgs = [first, *consumer.consume(more, 0)] if more > 0 else [first]
                 page, eof = _records(msgs, where)
@@ -426,21 +416,19 @@ class KafkaChangelog:
             except (KafkaException, RuntimeError):
                 _log.debug("closing a changelog consumer failed", exc_info=True)
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush outstanding appends (for up to message_timeout_ms), stop the poller and close
-        the producer. Never raises; messages still undelivered are logged and abandoned (their
-        append calls fail). Idempotent; later calls of any other method raise ChangelogError."""
+        """Flush outstanding appends (up to message_timeout_ms), stop the poller, close the
+        clients. Never raises: undelivered messages are logged and abandoned (their appends
+        fail). Idempotent; afterwards every other method raises ChangelogError."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             producer, poller = self._producer, self._poller
-        if producer is not None:
-            left = producer.flush(self._cfg.message_timeout_ms / 1000)
-            if left:
-                _log.warning("closing the changelog with %d messages undelivered", left)
+        if producer is not None and (left := producer.flush(self._cfg.message_timeout_ms / 1000)):
+            _log.warning("closing the changelog with %d messages undelivered", left)
         self._stop.set()
         if poller is not None:
             poller.join()
@@ -458,13 +446,12 @@ class KafkaChangelog:
 
 
 def _records(msgs: list[Message], where: str) -> tuple[list[ChangelogRecord], bool]:
-    """Convert one batch of consumed messages; stop at the partition-EOF event."""
+    """Convert consumed messages to records, up to the partition-EOF event (True if seen)."""
     page: list[ChangelogRecord] = []
     append = page.append
     record = ChangelogRecord
     for m in msgs:
-        err = m.error()
-        if err is not None:
+        if (err := m.error()) is not None:
             if err.code() == _EOF:
                 return page, True
             raise ChangelogError(f"reading {where}: {_describe(err)}") from KafkaException(err)
