@@ -59,14 +59,14 @@ class KafkaConfig:
     extra: tuple[tuple[str, str], ...] = ()  # for all clients, e.g. (("security.protocol", "SSL"),)
 
     def _with(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id, **settings,
-                **dict(self.extra)}
+        # no auto-creation: the admin client is a producer inside, and defaults to true
+        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id,
+                "allow.auto.create.topics": False, **settings, **dict(self.extra)}
 
     def to_confluent_producer(self) -> dict[str, Any]:
         return self._with({
             "enable.idempotence": True,  # acks=all, ordered retries without duplicates
             "acks": "all",
-            "allow.auto.create.topics": False,  # a missing topic is an error, not a default topic
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size,
             "batch.num.messages": self.batch_num_messages,
@@ -212,7 +212,7 @@ class KafkaChangelog:
                 if tmd is not None and tmd.error is None and tmd.partitions:
                     return len(tmd.partitions)
                 problem = f"{tmd.error}" if tmd is not None else "not in the metadata"
-                cause: Exception | None = None
+                cause = KafkaException(tmd.error) if tmd is not None and tmd.error else None
             except KafkaException as exc:
                 problem, cause, wait = str(exc), exc, True  # retry connection problems
             if not wait or time.monotonic() >= deadline:

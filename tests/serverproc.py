@@ -75,8 +75,8 @@ class ServerProc:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def client(self) -> Client:
-        c = connect(self.address)
+    def client(self, timeout_s: float = 30.0) -> Client:
+        c = connect(self.address, timeout_s=timeout_s)
         c.wait_ready()
         return c
 

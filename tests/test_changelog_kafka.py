@@ -12,7 +12,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests.infra import Broker
-from tierstore.server.changelog_kafka import MiB, KafkaChangelog, KafkaConfig
+from tierstore.server.changelog_kafka import KafkaChangelog, KafkaConfig, MiB
 from tierstore.server.errors import ChangelogError, InvalidArgumentError
 from tierstore.server.ports import ChangelogRecord
 
@@ -290,3 +290,23 @@ def test_append_to_dead_broker_raises_in_bounded_time(broker: Broker) -> None:
         assert "data records" in str(info.value)  # failed before the marker
     finally:
         cl.close()
+
+
+@pytest.mark.kafka
+def test_missing_topic_and_bad_partition(broker: Broker, changelog: KafkaChangelog) -> None:
+    started = time.monotonic()
+    with pytest.raises(ChangelogError, match="ensure_topic") as info:
+        changelog.append_batch("ghost", 0, [b"a"], [b"1"], [], b"m", [])
+    assert isinstance(info.value.__cause__, KafkaException)
+    with pytest.raises(ChangelogError, match="ensure_topic"):
+        list(changelog.read("ghost", 0, 0))
+    assert time.monotonic() - started < 5
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "allow.auto.create.topics": False})
+    assert "tierstore-ghost-changelog" not in admin.list_topics(timeout=10).topics  # not created
+    changelog.ensure_topic("ghost", 2)
+    with pytest.raises(InvalidArgumentError):
+        changelog.append_batch("ghost", 2, [b"a"], [b"1"], [], b"m", [])
+    with pytest.raises(InvalidArgumentError):
+        changelog.read("ghost", -1, 0)
+    with pytest.raises(InvalidArgumentError):
+        changelog.read("ghost", 0, -2)

@@ -140,7 +140,8 @@ def test_kill9_during_a_commit_applies_all_or_nothing(
     a = start(tmp_path, "a", cluster)
     big_batch: dict[bytes, bytes] = {}
     try:
-        kv = a.client().key_value_store("clicks", partition=0, num_partitions=1)
+        # A short client deadline: the commit retries UNAVAILABLE until it, then gives up.
+        kv = a.client(timeout_s=3).key_value_store("clicks", partition=0, num_partitions=1)
         for i in range(1, 4):
             model.commit_random(kv, rng, 100, offset=i)
         probe = ChangelogProbe(cluster["kafka"], "tierstore-clicks-changelog", 0)
