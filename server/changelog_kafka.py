@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ _WEEK_MS = 7 * 24 * 3600 * 1000
 _EOF = KafkaError._PARTITION_EOF
 _STORE_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _DELIVERY_GRACE_S = 5.0  # librdkafka scans for timed-out messages about once a second
+_Pages = Generator[list[ChangelogRecord], None, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +183,13 @@ class KafkaChangelog:
             )
 
     def _create_topic(self, topic: str, num_partitions: int) -> int:
-        admin = self._get_admin()
         timeout_s = self._cfg.admin_timeout_ms / 1000
         new = NewTopic(topic, num_partitions, self._cfg.replication_factor,
                        config=self._cfg.topic_configs())
         futures = {}
         try:
-            futures = admin.create_topics([new], operation_timeout=timeout_s,
-                                          request_timeout=timeout_s)
+            futures = self._get_admin().create_topics([new], operation_timeout=timeout_s,
+                                                      request_timeout=timeout_s)
             futures[topic].result(timeout=timeout_s + 5)
         except KafkaException as exc:
             err = _error_of(exc)
@@ -203,11 +203,12 @@ class KafkaChangelog:
 
     def _partition_count(self, topic: str, deadline: float, wait: bool) -> int:
         """The topic's partition count from the broker's metadata; with `wait`, wait for a new
-        topic to show up there. Raises ChangelogError for a missing topic."""
-        admin = self._get_admin()
+        topic to show up there. Raises ChangelogError for a missing topic. (No client in a local
+        variable: a caller keeping the exception's traceback would keep the client alive.)"""
         while True:
             try:
-                md = admin.list_topics(topic=topic, timeout=max(0.1, deadline - time.monotonic()))
+                timeout = max(0.1, deadline - time.monotonic())
+                md = self._get_admin().list_topics(topic=topic, timeout=timeout)
                 tmd = md.topics.get(topic)
                 if tmd is not None and tmd.error is None and tmd.partitions:
                     return len(tmd.partitions)
@@ -365,9 +366,7 @@ class KafkaChangelog:
 
     # ---- read ----------------------------------------------------------------------------------
 
-    def read(
-        self, store: str, partition: int, start_offset: int
-    ) -> Iterator[list[ChangelogRecord]]:
+    def read(self, store: str, partition: int, start_offset: int) -> _Pages:
         """Yield the records from `start_offset` to the end of the partition, in pages of at most
         read_page_records, ending at the partition-EOF event: an empty partition, or a start
         equal to the end, yields nothing. Raises ChangelogError (possibly after some pages) on a
@@ -380,7 +379,7 @@ class KafkaChangelog:
         self._count_of(topic, partition)
         return self._read(topic, partition, start_offset)
 
-    def _read(self, topic: str, partition: int, start: int) -> Iterator[list[ChangelogRecord]]:
+    def _read(self, topic: str, partition: int, start: int) -> _Pages:
         where = f"{topic}[{partition}] from offset {start}"
         try:
             consumer = Consumer({**self._cfg.to_confluent_consumer(), "logger": _log})

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests.infra import Broker
@@ -31,6 +31,12 @@ def changelog(broker: Broker) -> Iterator[KafkaChangelog]:
 
 def read_all(cl: KafkaChangelog, store: str, partition: int, start: int) -> list[ChangelogRecord]:
     return [rec for page in cl.read(store, partition, start) for rec in page]
+
+
+def topics(broker: Broker) -> set[str]:
+    # a helper, so that no test frame (kept alive by a pytest.raises traceback) holds a client
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "allow.auto.create.topics": False})
+    return set(admin.list_topics(timeout=10).topics)
 
 
 # ---- KafkaConfig (no broker) ------------------------------------------------------------------
@@ -275,7 +281,12 @@ def test_concurrent_appends(changelog: KafkaChangelog) -> None:
 
 @pytest.mark.kafka
 def test_append_to_dead_broker_raises_in_bounded_time(broker: Broker) -> None:
-    cfg = KafkaConfig(broker.bootstrap, message_timeout_ms=1500, request_timeout_ms=1000)
+    cfg = KafkaConfig(
+        broker.bootstrap,
+        message_timeout_ms=1500,
+        request_timeout_ms=1000,
+        read_idle_timeout_ms=1000,
+    )
     cl = KafkaChangelog(cfg)
     try:
         cl.ensure_topic("dead", 1)
@@ -286,10 +297,30 @@ def test_append_to_dead_broker_raises_in_bounded_time(broker: Broker) -> None:
             cl.append_batch("dead", 0, [b"b", b"c"], [b"2", b"3"], HDRS, b"m", MARKER_HDRS)
         elapsed = time.monotonic() - started
         assert elapsed < 1.5 + 5 + 2, elapsed
-        assert info.value.__cause__ is not None
+        assert isinstance(info.value.__cause__, KafkaException)
         assert "data records" in str(info.value)  # failed before the marker
+        del info
+        started = time.monotonic()
+        with pytest.raises(ChangelogError):
+            read_all(cl, "dead", 0, 0)
+        assert time.monotonic() - started < 1 + 5
     finally:
         cl.close()
+
+
+@pytest.mark.kafka
+def test_fatal_producer_error_replaces_the_producer(changelog: KafkaChangelog) -> None:
+    """White-box: a fatal error (rare; e.g. the broker lost the idempotent producer's state)
+    retires the producer; the next append gets a fresh one."""
+    changelog.ensure_topic("fatal", 1)
+    assert changelog.append_batch("fatal", 0, [b"a"], [b"1"], [], b"m", []) == 1
+    old = changelog._producer
+    assert old is not None
+    changelog._note_error(old, KafkaError(KafkaError._FATAL, "simulated", fatal=True))
+    assert changelog._producer is None
+    assert changelog.append_batch("fatal", 0, [b"b"], [b"2"], [], b"m", []) == 3
+    assert changelog._producer is not None and changelog._producer is not old
+    assert [r.key for r in read_all(changelog, "fatal", 0, 0)] == [b"a", b"", b"b", b""]
 
 
 @pytest.mark.kafka
@@ -301,8 +332,7 @@ def test_missing_topic_and_bad_partition(broker: Broker, changelog: KafkaChangel
     with pytest.raises(ChangelogError, match="ensure_topic"):
         list(changelog.read("ghost", 0, 0))
     assert time.monotonic() - started < 5
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "allow.auto.create.topics": False})
-    assert "tierstore-ghost-changelog" not in admin.list_topics(timeout=10).topics  # not created
+    assert "tierstore-ghost-changelog" not in topics(broker)  # not auto-created
     changelog.ensure_topic("ghost", 2)
     with pytest.raises(InvalidArgumentError):
         changelog.append_batch("ghost", 2, [b"a"], [b"1"], [], b"m", [])

@@ -79,6 +79,8 @@ def test_kill9_between_commits_restores_on_empty_data_dir(
         kv2 = b.client().key_value_store("orders", partition=1)
         assert kv2.epoch == 2
         model.check(kv2)
+        # a periodic snapshot (every 5 commits) was the base, plus the changelog tail
+        assert "restored orders/1 from snapshot" in b.log()
         assert kv2.get(b"uncommitted") is None
         # and the new owner carries on from there
         model.commit_random(kv2, rng, 50, offset=200)

@@ -1,0 +1,215 @@
+"""Shared benchmark plumbing: machine facts, timing, percentiles, deterministic data, the report
+(a plain-text table on stdout plus JSON in the output directory), and polling helpers.
+
+Every judged figure is a ratio against a baseline measured in the same run on the same machine;
+absolute numbers are printed and recorded, never judged on their own (except where the issue
+states an absolute goal, e.g. a latency bound, which is then reported next to its ratio).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KEY_BYTES = 16
+VALUE_BYTES = 100
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+SIZES = ("small", "full")
+
+
+# --- machine -------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    """nproc, CPU model (from /proc/cpuinfo), memory, Python and platform."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count() or 0,
+        "cpu_model": cpu,
+        "mem_total_mb": mem_kb // 1024,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+# --- data ----------------------------------------------------------------------------------
+def batch_keys(seed: int, index: int, n: int) -> list[bytes]:
+    """`n` random 16-byte keys for batch `index`; the same arguments give the same keys."""
+    raw = random.Random(seed * 1_000_003 + index).randbytes(KEY_BYTES * n)
+    return [raw[i : i + KEY_BYTES] for i in range(0, len(raw), KEY_BYTES)]
+
+
+def batch_values(seed: int, index: int, n: int) -> list[bytes]:
+    """`n` random (incompressible) 100-byte values for batch `index`."""
+    raw = random.Random(~(seed * 1_000_003 + index)).randbytes(VALUE_BYTES * n)
+    return [raw[i : i + VALUE_BYTES] for i in range(0, len(raw), VALUE_BYTES)]
+
+
+def batches(
+    seed: int, total: int, per_batch: int, start: int = 0
+) -> Iterable[tuple[list[bytes], list[bytes]]]:
+    """`total` key/value pairs in batches of `per_batch`, generated lazily."""
+    for i, first in enumerate(range(0, total, per_batch)):
+        n = min(per_batch, total - first)
+        yield batch_keys(seed, start + i, n), batch_values(seed, start + i, n)
+
+
+# --- timing --------------------------------------------------------------------------------
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    return float(sorted_values[rank - 1])
+
+
+def latency_summary(ns: Sequence[int]) -> dict[str, float]:
+    """p50/p90/p99/max/mean in milliseconds from samples in nanoseconds."""
+    ms = sorted(x / 1e6 for x in ns)
+    return {
+        "samples": float(len(ms)),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": ms[-1] if ms else 0.0,
+        "mean_ms": statistics.fmean(ms) if ms else 0.0,
+    }
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds taken by one call of fn."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> None:
+    """Poll `cond` until it is true, or raise TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not true within {timeout_s}s")
+        time.sleep(step_s)  # polling interval, not a wait for a server: the deadline bounds it
+
+
+def proc_status_kb(pid: int, field_name: str) -> int:
+    """A kB field (VmRSS, VmHWM, ...) of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field_name} not in /proc/{pid}/status")
+
+
+# --- report --------------------------------------------------------------------------------
+@dataclass
+class Goal:
+    name: str
+    target: str  # e.g. ">= 0.8"
+    value: float
+    met: bool
+    unit: str = "x"
+
+
+@dataclass
+class Report:
+    """One benchmark run: table rows (absolute numbers), ratios and goals."""
+
+    name: str
+    size: str
+    params: dict[str, Any] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    goals: list[Goal] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def goal(self, name: str, value: float, target: str, unit: str = "x") -> None:
+        op, _, bound = target.partition(" ")
+        limit = float(bound)
+        met = value >= limit if op == ">=" else value <= limit
+        self.goals.append(Goal(name, target, value, met, unit))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.name,
+            "size": self.size,
+            "date": _dt.datetime.fromtimestamp(self.started, _dt.UTC).isoformat(
+                timespec="seconds"),
+            "duration_s": round(time.time() - self.started, 2),
+            "machine": machine(),
+            "params": self.params,
+            "results": self.results,
+            "ratios": self.ratios,
+            "goals": [g.__dict__ for g in self.goals],
+            "notes": self.notes,
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{self.name}.json"
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n")
+        return path
+
+    def render(self) -> str:
+        lines = [f"== {self.name} ({self.size}) =="]
+        if self.params:
+            lines.append("params: " + ", ".join(f"{k}={v}" for k, v in self.params.items()))
+        if self.columns:
+            lines.extend(_table(self.columns, self.rows))
+        for k, v in self.ratios.items():
+            lines.append(f"ratio {k}: {v:.3f}")
+        for g in self.goals:
+            state = "MET" if g.met else "NOT MET"
+            lines.append(f"goal {g.name}: {g.value:.3f}{g.unit} (target {g.target}{g.unit}) "
+                         f"{state}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0 or abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    cells = [list(columns), *[[fmt(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    out = []
+    for n, r in enumerate(cells):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out

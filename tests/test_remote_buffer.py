@@ -1,0 +1,96 @@
+"""The remote store's bounded write-back buffer: overflow stages writes on the server, which
+keeps them visible to the owner only and applies them at commit, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tierstore.client import connect, errors
+from tierstore.server.app import RunningServer, create_server
+from tierstore.server.config import ServerConfig
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    srv = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data"))
+    yield srv
+    srv.stop(grace=1)
+
+
+def test_overflow_is_staged_visible_to_owner_only_and_committed_whole(
+    server: RunningServer,
+) -> None:
+    client = connect(f"127.0.0.1:{server.port}")
+    kv = client.key_value_store("buf", buffer_max_entries=100)
+    kv.put(b"old", b"committed")
+    kv.commit({"t:0": 1})
+    expected = {b"old": b"committed"}
+    for i in range(1050):
+        k = b"k%05d" % i
+        kv.put(k, b"v%d" % i)
+        expected[k] = b"v%d" % i
+    kv.delete(b"old")
+    del expected[b"old"]
+    kv.put(b"k00007", b"rewritten")  # a key already staged, rewritten in the local buffer
+    expected[b"k00007"] = b"rewritten"
+    assert kv._staged >= 10  # the overflow went to the server
+    # read-your-writes through both buffers: point reads and merged scans
+    assert kv.get(b"k00003") == b"v3"
+    assert kv.get(b"k00007") == b"rewritten"
+    assert kv.get(b"old") is None
+    assert dict(kv.all()) == expected
+    assert list(kv.reverse_range(b"k00010", b"k00012")) == [
+        (b"k00012", b"v12"), (b"k00011", b"v11"), (b"k00010", b"v10")
+    ]
+    # nobody else sees staged writes
+    reader = client.reader("buf")
+    assert reader.get(b"k00003") is None
+    assert dict(reader.all()) == {b"old": b"committed"}
+    kv.commit({"t:0": 2})
+    assert dict(reader.all()) == expected
+    kv2 = client.key_value_store("buf")  # reclaim: committed state only
+    assert dict(kv2.all()) == expected
+    assert kv2.committed_offsets == {"t:0": 2}
+
+
+def test_staged_writes_lost_in_a_restart_abort_the_commit(tmp_path: Path) -> None:
+    cfg = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data")
+    srv = create_server(cfg)
+    port = srv.port
+    client = connect(f"127.0.0.1:{port}")
+    kv = client.key_value_store("lost", buffer_max_entries=10)
+    kv.put(b"a", b"1")
+    kv.commit({"t:0": 1})
+    for i in range(25):
+        kv.put(b"s%02d" % i, b"x")
+    assert kv._staged >= 2
+    srv.stop(grace=1)
+    srv = create_server(ServerConfig(listen=f"127.0.0.1:{port}", data_dir=tmp_path / "data"))
+    try:
+        with pytest.raises(errors.AbortedError, match="staged"):
+            kv.commit({"t:0": 2})
+        kv2 = connect(f"127.0.0.1:{port}").key_value_store("lost")
+        assert dict(kv2.all()) == {b"a": b"1"}
+        assert kv2.committed_offsets == {"t:0": 1}
+    finally:
+        srv.stop(grace=1)
+
+
+def test_commit_retry_after_lost_answer_applies_once(server: RunningServer) -> None:
+    client = connect(f"127.0.0.1:{server.port}")
+    kv = client.key_value_store("retry")
+    kv.put(b"a", b"1")
+    kv.commit({"t:0": 1})
+    # Replay the same commit number by hand, as a client that lost the answer would.
+    from tierstore.v1 import store_pb2 as pb
+
+    req = pb.CommitRequest(
+        store="retry", partition=0, epoch=kv.epoch, commit_seq=1,
+        batch=pb.WriteBatch(put_keys=[b"a"], put_values=[b"DIFFERENT"]), offsets={"t:0": 9},
+    )
+    resp = client.stub.Commit(req)
+    assert dict(resp.committed_offsets) == {"t:0": 1}
+    assert kv.get(b"a") == b"1"
