@@ -136,3 +136,8 @@ def profiled(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             spy.kill()
             spy.wait()
+
+
+def prof_path(profile_dir: Path | None, name: str) -> Path | None:
+    """Where `profiled` writes profile `name`, or None when not profiling."""
+    return None if profile_dir is None else profile_dir / f"{name}.txt"

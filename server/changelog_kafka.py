@@ -105,14 +105,11 @@ class KafkaConfig:
 
 
 def _describe(err: KafkaError) -> str:
-    flags = "".join(f" ({w})" for w, on in (("fatal", err.fatal()), ("retriable",
-                                                                      err.retriable())) if on)
-    return f"{err.name()}: {err.str()}{flags}"
+    return f"{err.name()}: {err.str()}" + (" (fatal)" if err.fatal() else "")
 
 
 def _error_of(exc: KafkaException) -> KafkaError | None:
-    arg = exc.args[0] if exc.args else None
-    return arg if isinstance(arg, KafkaError) else None
+    return next((a for a in exc.args[:1] if isinstance(a, KafkaError)), None)
 
 
 class _Waiter:
@@ -276,21 +273,18 @@ class KafkaChangelog:
                  values: Sequence[bytes | None], headers: list[Any] | None,
                  waiter: _Waiter) -> None:
         produce = producer.produce  # the hot loop: one C call per record
+        deadline = 0.0
         try:
             for key, value in zip(keys, values, strict=True):
-                try:
-                    produce(topic, value, key, partition, on_delivery=waiter, headers=headers)
-                except BufferError:  # local queue full: wait for room, up to message timeout
-                    deadline = time.monotonic() + self._cfg.message_timeout_ms / 1000
-                    while True:
+                while True:
+                    try:
+                        produce(topic, value, key, partition, on_delivery=waiter, headers=headers)
+                        break
+                    except BufferError:  # local queue full: wait for room, up to the timeout
+                        deadline = deadline or time.monotonic() + self._cfg.message_timeout_ms / 1e3
+                        if time.monotonic() >= deadline:
+                            raise
                         producer.poll(0.05)
-                        try:
-                            produce(topic, value, key, partition, on_delivery=waiter,
-                                    headers=headers)
-                            break
-                        except BufferError:
-                            if time.monotonic() >= deadline:
-                                raise
         except KafkaException as exc:
             err = _error_of(exc)
             if err is not None:

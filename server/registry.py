@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,21 @@ class LoadReport:
     source: str  # "local", "snapshot", "changelog" or "new"
     snapshot_id: int | None
     replay: ReplayResult | None
+
+
+def _progress_logger(name: str, every_s: float = 5.0) -> Callable[[int], None]:
+    """A replay progress callback that logs records read and the rate every few seconds."""
+    started = last = time.monotonic()
+
+    def report(records: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            log.info("%s: replaying changelog: %d records (%.0f/s)", name, records,
+                     records / max(now - started, 1e-9))
+
+    return report
 
 
 class Registry:
@@ -171,7 +187,10 @@ class Registry:
         if self.changelog is not None:
             self.changelog.ensure_topic(spec.name, spec.num_partitions)
             try:
-                replay = replay_changelog(db, self.changelog, spec.name, partition)
+                replay = replay_changelog(
+                    db, self.changelog, spec.name, partition,
+                    progress=_progress_logger(f"{spec.name}/{partition}"),
+                )
             except BaseException:
                 db.close()
                 raise

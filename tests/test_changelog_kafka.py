@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from tests.infra import Broker
 from tierstore.server.changelog_kafka import KafkaChangelog, KafkaConfig, MiB
 from tierstore.server.errors import ChangelogError, InvalidArgumentError
-from tierstore.server.ports import ChangelogRecord
+from tierstore.server.ports import Changelog, ChangelogRecord
 
 HDRS = [("ts.e", b"\x00" * 7 + b"\x01"), ("ts.s", b"\x00" * 7 + b"\x05")]
 MARKER_HDRS = [("ts.m", b"commit"), *HDRS]
@@ -58,6 +58,11 @@ def test_config_dicts() -> None:
     assert cfg.topic_configs()["cleanup.policy"] == "compact"
     with pytest.raises(AttributeError):
         cfg.bootstrap = "x"  # type: ignore[misc]
+
+
+def test_satisfies_the_changelog_protocol() -> None:
+    cl: Changelog = KafkaChangelog(KafkaConfig("127.0.0.1:1"))  # the check is mypy's
+    cl.close()
 
 
 def test_topic_name_and_validation() -> None:

@@ -1,0 +1,134 @@
+"""write: 16-byte keys, 100-byte values, 1,000 puts per commit, changelog on.
+
+- remote: the tierstore server as a subprocess with --kafka-bootstrap; the client in this
+  process does `kv.put` per record and `kv.commit(offsets)` every 1,000.
+- embedded: the path Faust and Quix Streams take: an in-process rocksdict (raw mode) WriteBatch,
+  plus confluent-kafka `produce` of every record to a changelog topic on the same broker,
+  `flush()` at each commit, then the WriteBatch is written.
+
+Both run on one Tansu broker started here, in alternating rounds; keys/s is the median over
+rounds. Goal: remote >= 0.8x embedded.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from rocksdict import Options, Rdict, WriteBatch
+
+from bench.harness import KEY_BYTES, VALUE_BYTES, Report, batches
+from bench.procs import Server, prof_path, profiled
+from tests.infra import tansu
+from tierstore.client import RemoteKeyValueStore
+
+SIZES = {"small": {"keys": 20_000, "rounds": 1}, "full": {"keys": 1_000_000, "rounds": 3}}
+PER_COMMIT = 1000
+SEED = 11
+
+# What the embedded baseline's producer uses: librdkafka defaults (linger.ms 5, acks all) with
+# the idempotent producer on, the same delivery guarantee the tierstore server uses.
+EMBEDDED_PRODUCER = {"enable.idempotence": True, "linger.ms": 5}
+
+
+def _make_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futs = admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})],
+                               operation_timeout=30, request_timeout=30)
+    futs[topic].result(timeout=60)
+
+
+class Embedded:
+    """rocksdict + confluent-kafka, as a stream processor embeds them."""
+
+    def __init__(self, path: Path, bootstrap: str, topic: str) -> None:
+        self.db = Rdict(str(path), Options(raw_mode=True))
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, **EMBEDDED_PRODUCER})
+        self.producer.produce(topic, b"warmup", b"warmup", 0)
+        if self.producer.flush(30) != 0:
+            raise RuntimeError("embedded producer could not reach the broker")
+
+    def commit_batches(self, data: list[tuple[list[bytes], list[bytes]]]) -> float:
+        produce, topic, db = self.producer.produce, self.topic, self.db
+        t0 = time.perf_counter()
+        for keys, values in data:
+            wb = WriteBatch(raw_mode=True)
+            put = wb.put
+            for k, v in zip(keys, values, strict=True):
+                put(k, v)
+                produce(topic, v, k, 0)
+            if self.producer.flush(60) != 0:
+                raise RuntimeError("embedded producer: undelivered records at commit")
+            db.write(wb)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.producer.flush(30)
+        self.db.close()
+
+
+def _remote_commit_batches(kv: RemoteKeyValueStore, data: list[tuple[list[bytes], list[bytes]]],
+                           offset: int) -> float:
+    put = kv.put
+    t0 = time.perf_counter()
+    for keys, values in data:
+        for k, v in zip(keys, values, strict=True):
+            put(k, v)
+        offset += 1
+        kv.commit({"input:0": offset})
+    return time.perf_counter() - t0
+
+
+def run(size: str = "small", profile_dir: Path | None = None) -> Report:
+    p = SIZES[size]
+    total, rounds = int(p["keys"]), int(p["rounds"])
+    per_round = total // rounds
+    rep = Report("write", size, params={
+        "keys": per_round * rounds, "rounds": rounds, "puts_per_commit": PER_COMMIT,
+        "key_bytes": KEY_BYTES, "value_bytes": VALUE_BYTES, "changelog": "Tansu (in-memory)",
+        "embedded_producer": EMBEDDED_PRODUCER,
+    })
+    remote_rates: list[float] = []
+    embedded_rates: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-write-") as tmp, tansu() as broker:
+        root = Path(tmp)
+        _make_topic(broker.bootstrap, "embedded-changelog")
+        emb = Embedded(root / "embedded", broker.bootstrap, "embedded-changelog")
+        server = Server.serve(root / "server", "--kafka-bootstrap", broker.bootstrap,
+                              "--snapshot-every-commits", "1000000000")
+        try:
+            client = server.client()
+            kv = client.key_value_store("bench-write", 0, 1)
+            offset = 0
+            for r in range(rounds):
+                data = list(batches(SEED, per_round, PER_COMMIT, start=r * 10_000))
+                embedded_rates.append(per_round / emb.commit_batches(data))
+                with profiled(server.pid, prof_path(profile_dir, f"write-server-r{r}")), \
+                        profiled(os.getpid(), prof_path(profile_dir, f"write-client-r{r}")):
+                    secs = _remote_commit_batches(kv, data, offset)
+                offset += len(data)
+                remote_rates.append(per_round / secs)
+            kv.close()
+            client.close()
+        finally:
+            server.close()
+            emb.close()
+    remote, embedded = statistics.median(remote_rates), statistics.median(embedded_rates)
+    rep.columns = ["path", "keys/s (median)", "min", "max", "rounds"]
+    rep.rows = [
+        ["embedded rocksdict+kafka", embedded, min(embedded_rates), max(embedded_rates), rounds],
+        ["tierstore remote", remote, min(remote_rates), max(remote_rates), rounds],
+    ]
+    rep.results = {
+        "embedded_keys_per_s": embedded, "remote_keys_per_s": remote,
+        "embedded_rounds_keys_per_s": embedded_rates, "remote_rounds_keys_per_s": remote_rates,
+    }
+    rep.ratios = {"remote_vs_embedded": remote / embedded}
+    rep.goal("remote/embedded throughput", remote / embedded, ">= 0.8")
+    return rep
