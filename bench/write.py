@@ -33,11 +33,11 @@ SEED = 11
 
 # What the embedded baseline's producer uses: librdkafka defaults (linger.ms 5, acks all) with
 # the idempotent producer on, the same delivery guarantee the tierstore server uses.
-EMBEDDED_PRODUCER = {"enable.idempotence": True, "linger.ms": 5}
+EMBEDDED_PRODUCER: dict[str, object] = {"enable.idempotence": True, "linger.ms": 5}
 
 
 def _make_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     futs = admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})],
                                operation_timeout=30, request_timeout=30)
     futs[topic].result(timeout=60)
@@ -49,7 +49,9 @@ class Embedded:
     def __init__(self, path: Path, bootstrap: str, topic: str) -> None:
         self.db = Rdict(str(path), Options(raw_mode=True))
         self.topic = topic
-        self.producer = Producer({"bootstrap.servers": bootstrap, **EMBEDDED_PRODUCER})
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "log_level": 3, **EMBEDDED_PRODUCER}
+        )
         self.producer.produce(topic, b"warmup", b"warmup", 0)
         if self.producer.flush(30) != 0:
             raise RuntimeError("embedded producer could not reach the broker")
@@ -69,7 +71,10 @@ class Embedded:
         return time.perf_counter() - t0
 
     def close(self) -> None:
+        """Flush and destroy the producer (before the broker stops: a live client delays the
+        broker's shutdown), then close the database."""
         self.producer.flush(30)
+        del self.producer
         self.db.close()
 
 

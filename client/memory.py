@@ -16,6 +16,15 @@ class InMemoryKeyValueStore(BufferedKeyValueStore):
         self._data: dict[bytes, bytes] = {}
         self._sorted: list[bytes] = []
 
+    def reopen(self) -> InMemoryKeyValueStore:
+        """A new handle on the same committed state, as after a worker restart: this handle's
+        uncommitted writes are not carried over."""
+        other = InMemoryKeyValueStore()
+        other._data = self._data
+        other._sorted = self._sorted
+        other._offsets = dict(self._offsets)
+        return other
+
     def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
         d = self._data
         return [d.get(k) for k in keys]
@@ -52,7 +61,7 @@ class InMemoryKeyValueStore(BufferedKeyValueStore):
             else:
                 data[k] = v
         if writes:
-            self._sorted = sorted(data)
+            self._sorted[:] = sorted(data)  # in place: handles from reopen() share it
         merged = dict(self._offsets)
         merged.update(offsets)
         return merged

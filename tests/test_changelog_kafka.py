@@ -162,7 +162,12 @@ def test_append_read_round_trip(changelog: KafkaChangelog) -> None:
         assert r.headers == tuple(HDRS)
     assert recs[4].headers == tuple(MARKER_HDRS)
     assert recs[5].headers == () and recs[6].headers == ()
-    assert all(isinstance(r, ChangelogRecord) for r in recs)
+    rebuilt = [ChangelogRecord(r.offset, r.key, r.value, r.headers) for r in recs]
+    assert recs == rebuilt and all(type(r) is ChangelogRecord for r in recs)  # built via slots
+    assert all(type(h) is tuple and type(h[0]) is str and type(h[1]) is bytes
+               for r in recs for h in r.headers)
+    with pytest.raises(AttributeError):
+        recs[0].key = b"z"  # type: ignore[misc]
     assert read_all(changelog, "kv", 0, 0) == []  # the other partition is untouched
 
 

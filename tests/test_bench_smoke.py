@@ -1,0 +1,74 @@
+"""Smoke test of the benchmark suite: every benchmark runs at --size small and writes a complete
+JSON report with positive numbers. It checks that the benchmarks WORK, not how fast anything is
+(bench/RESULTS.md has the full-size figures)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run_one
+from bench.__main__ import main
+
+# The results each benchmark must report (besides its ratios and goals).
+REQUIRED = {
+    "write": ["embedded_keys_per_s", "remote_keys_per_s"],
+    "read": ["latency"],
+    "scan": ["embedded_keys_per_s", "remote_keys_per_s", "remote_reader_keys_per_s"],
+    "restore": ["replay_s", "snapshot_plus_tail_s", "raw_download_s", "snapshot_bytes"],
+    "memory": ["baseline_bytes", "budget_bytes", "peak_rss_bytes"],
+}
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def _check(doc: dict[str, Any], name: str) -> None:
+    assert doc["benchmark"] == name
+    assert doc["size"] == "small"
+    assert doc["date"]
+    m = doc["machine"]
+    assert m["nproc"] > 0 and m["cpu_model"] and m["python"]
+    for key in REQUIRED[name]:
+        nums = _numbers(doc["results"][key])
+        assert nums and all(math.isfinite(n) and n > 0 for n in nums), (key, nums)
+    assert doc["ratios"] and all(math.isfinite(v) and v > 0 for v in doc["ratios"].values())
+    assert doc["goals"]
+    for g in doc["goals"]:
+        assert g["value"] > 0 and isinstance(g["met"], bool) and g["target"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("write", marks=pytest.mark.kafka),
+        "read",
+        "scan",
+        pytest.param("restore", marks=[pytest.mark.kafka, pytest.mark.s3]),
+        pytest.param("memory", marks=pytest.mark.kafka),
+    ],
+)
+def test_benchmark_small_writes_complete_json(name: str, tmp_path: Path) -> None:
+    rep = run_one(name, "small", tmp_path)
+    doc = json.loads((tmp_path / f"{name}.json").read_text())
+    _check(doc, name)
+    assert rep.render().startswith(f"== {name} (small) ==")
+
+
+def test_cli_rejects_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["nope", "--size", "small"])
+    assert "invalid choice" in capsys.readouterr().err
