@@ -55,6 +55,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def revision() -> dict[str, Any]:
+    """The git commit measured, and whether server/ client/ or tierstore/ had local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "server", "client", "tierstore")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes": [ln[3:] for ln in dirty.splitlines()]}
+
+
 # --- data ----------------------------------------------------------------------------------
 def batch_keys(seed: int, index: int, n: int) -> list[bytes]:
     """`n` random 16-byte keys for batch `index`; the same arguments give the same keys."""
@@ -162,6 +180,7 @@ class Report:
                 timespec="seconds"),
             "duration_s": round(time.time() - self.started, 2),
             "machine": machine(),
+            "revision": revision(),
             "params": self.params,
             "results": self.results,
             "ratios": self.ratios,

@@ -99,7 +99,7 @@ class Servicer:
         req = _parse(pb.StageRequest, data)
         b = req.batch
         n = self.svc.stage(req.store, req.partition, req.epoch, req.commit_seq,
-                           b.put_keys, b.put_values, b.delete_keys)
+                           list(b.put_keys), list(b.put_values), list(b.delete_keys))
         return pb.StageResponse(staged_batches=n).SerializeToString()
 
     def Commit(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -107,7 +107,9 @@ class Servicer:
         b = req.batch
         res = self.svc.commit(
             req.store, req.partition, req.epoch, req.commit_seq, req.staged_batches,
-            b.put_keys, b.put_values, b.delete_keys, dict(req.offsets),
+            # Materialise each repeated field once: every pass over a protobuf repeated bytes
+            # field builds new bytes objects, and the commit path makes several passes.
+            list(b.put_keys), list(b.put_values), list(b.delete_keys), dict(req.offsets),
         )
         return pb.CommitResponse(
             committed_offsets=res.offsets, changelog_offset=res.changelog_offset
@@ -115,7 +117,7 @@ class Servicer:
 
     def Get(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         req = _parse(pb.GetRequest, data)
-        values = self.svc.get(req.store, req.partition, req.epoch, req.keys)
+        values = self.svc.get(req.store, req.partition, req.epoch, list(req.keys))
         found = [v is not None for v in values]
         return pb.GetResponse(
             values=[v if v is not None else b"" for v in values], found=found

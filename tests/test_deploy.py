@@ -278,7 +278,8 @@ class Deploy:
 def compose_env(svc: Mapping[str, Any]) -> dict[str, str]:
     env = svc.get("environment") or {}
     if isinstance(env, list):
-        return dict(str(e).split("=", 1) if "=" in str(e) else (str(e), "") for e in env)
+        pairs = [str(e).partition("=") for e in env]
+        return {key: value for key, _, value in pairs}
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
@@ -1003,7 +1004,7 @@ def test_healthcheck_fails_on_a_closed_port() -> None:
 # The checks can fail: simulated code changes and broken files are reported
 
 
-def _mutated(dep: Deploy, edit: Callable[[Deploy], None]) -> Deploy:
+def _mutated(dep: Deploy, edit: Callable[[Deploy], object]) -> Deploy:
     other = copy.deepcopy(dep)
     edit(other)
     return other
