@@ -39,7 +39,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     for flag, field_name in FLAGS.items():
         p.add_argument(flag, dest=field_name, default=None,
                        help=f"{helps.get(flag, '')} [env {env_name(field_name)}]")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-level", default=None,
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO) [env TIERSTORE_LOG_LEVEL]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,11 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
+        import os
+
         from tierstore.server.app import serve
         from tierstore.server.config import FLAGS, ConfigError, load_config
 
+        level = (args.log_level or os.environ.get("TIERSTORE_LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            print(f"tierstore serve: configuration error: log_level: {level!r} is not one of "
+                  "DEBUG, INFO, WARNING, ERROR", file=sys.stderr)
+            return 2
         logging.basicConfig(
-            level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+            level=getattr(logging, level),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
