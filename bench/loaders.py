@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 from bench.harness import batch_keys, batches
 from tierstore.client import RemoteKeyValueStore
@@ -23,10 +23,28 @@ def load_remote(kv: RemoteKeyValueStore, seed: int, total: int, per_commit: int,
     return offset
 
 
+EMBEDDED_BLOCK_CACHE = 256 * 1024 * 1024  # the server's default HotTierConfig.block_cache_bytes
+EMBEDDED_OPTIONS = ("rocksdict raw mode; 256 MiB LRU block cache, bloom filter 10 bits/key, "
+                    "index and filter blocks cached (as the server's hot tier)")
+
+
+def embedded_options() -> Options:
+    """rocksdict options matching the server's hot tier (same cache size and table options), so
+    that the remote/embedded ratio measures the remote path, not a different RocksDB setup."""
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(EMBEDDED_BLOCK_CACHE))
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
 def load_rocksdict(path: Path, seed: int, total: int, per_batch: int) -> Rdict:
-    """An in-process rocksdict (raw mode, default options) with the same keys, written in
+    """An in-process rocksdict (`embedded_options()`) with the same keys, written in
     WriteBatches of `per_batch`. Returns the open database."""
-    db = Rdict(str(path), Options(raw_mode=True))
+    db = Rdict(str(path), embedded_options())
     for keys, values in batches(seed, total, per_batch):
         wb = WriteBatch(raw_mode=True)
         for k, v in zip(keys, values, strict=True):

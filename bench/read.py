@@ -1,7 +1,8 @@
 """read: point-get and 100-key multi-get latency, remote against in-process rocksdict.
 
 N keys (16-byte keys, 100-byte values) are committed to a tierstore shard (server subprocess)
-and written to an in-process rocksdict. Then, with uniformly random keys:
+and written to an in-process rocksdict set up like the server's hot tier (256 MiB block cache,
+bloom filters; see loaders.embedded_options). Then, with uniformly random keys:
 - remote, fresh handle: a new client claims the shard, so its write buffer is empty and every
   get goes to the server (the "cache miss"): `kv.get(k)` and `kv.get_many(100 keys)`;
 - remote, reader: `client.reader(store).get(k)` and `.multi_get(100 keys)`;
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Report, latency_summary
-from bench.loaders import load_remote, load_rocksdict, sample_keys
+from bench.loaders import EMBEDDED_OPTIONS, load_remote, load_rocksdict, sample_keys
 from bench.procs import Server, prof_path, profiled
 
 SIZES = {
@@ -58,7 +59,7 @@ def run(size: str = "small", profile_dir: Path | None = None) -> Report:
     rep = Report("read", size, params={
         "keys": total, "gets": n_get, "multi_gets": n_multi, "multi_get_keys": MULTI,
         "server": "subprocess, no changelog (reads never touch it), default HotTierConfig",
-        "embedded": "rocksdict raw mode, default options",
+        "embedded": EMBEDDED_OPTIONS,
     })
     singles = sample_keys(SEED, total, PER_COMMIT, n_get + WARMUP)
     flat = sample_keys(SEED, total, PER_COMMIT, (n_multi + 10) * MULTI, rng_seed=8)

@@ -1,7 +1,7 @@
 """scan: a range over N keys, keys/s, remote against in-process rocksdict iteration.
 
 N keys are committed to a tierstore shard (server subprocess) and written to an in-process
-rocksdict. Each round iterates every key once:
+rocksdict set up like the server's hot tier. Each round iterates every key once:
 - remote: `kv.range(None, None)` on a fresh handle (pages streamed by the server's Scan);
 - remote reader: `client.reader(store).range(None, None)` (merged over partitions; one here);
 - embedded: `for k, v in db.items()` on the rocksdict.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Report
-from bench.loaders import load_remote, load_rocksdict
+from bench.loaders import EMBEDDED_OPTIONS, load_remote, load_rocksdict
 from bench.procs import Server, prof_path, profiled
 
 SIZES = {"small": {"keys": 50_000, "rounds": 2}, "full": {"keys": 1_000_000, "rounds": 3}}
@@ -45,7 +45,7 @@ def run(size: str = "small", profile_dir: Path | None = None) -> Report:
     rep = Report("scan", size, params={
         "keys": total, "rounds": rounds,
         "server": "subprocess, no changelog, default scan page size",
-        "embedded": "rocksdict raw mode, default options, db.items()",
+        "embedded": EMBEDDED_OPTIONS + "; db.items()",
     })
     rates: dict[str, list[float]] = {"embedded": [], "remote": [], "remote reader": []}
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:

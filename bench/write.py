@@ -27,7 +27,7 @@ from bench.procs import Server, prof_path, profiled
 from tests.infra import tansu
 from tierstore.client import RemoteKeyValueStore
 
-SIZES = {"small": {"keys": 20_000, "rounds": 1}, "full": {"keys": 1_000_000, "rounds": 3}}
+SIZES = {"small": {"keys": 20_000, "rounds": 1}, "full": {"keys": 1_200_000, "rounds": 3}}
 PER_COMMIT = 1000
 SEED = 11
 
@@ -93,7 +93,7 @@ def _remote_commit_batches(kv: RemoteKeyValueStore, data: list[tuple[list[bytes]
 def run(size: str = "small", profile_dir: Path | None = None) -> Report:
     p = SIZES[size]
     total, rounds = int(p["keys"]), int(p["rounds"])
-    per_round = total // rounds
+    per_round = total // rounds // PER_COMMIT * PER_COMMIT
     rep = Report("write", size, params={
         "keys": per_round * rounds, "rounds": rounds, "puts_per_commit": PER_COMMIT,
         "key_bytes": KEY_BYTES, "value_bytes": VALUE_BYTES, "changelog": "Tansu (in-memory)",

@@ -11,16 +11,30 @@ from tierstore.client.local import LocalKeyValueStore
 from tierstore.client.memory import InMemoryKeyValueStore
 from tierstore.client.partitioner import partition_for
 from tierstore.client.remote import Client, Reader, RemoteKeyValueStore, connect
+from tierstore.client.windowed import (
+    InMemorySessionStore,
+    InMemoryWindowStore,
+    LocalSessionStore,
+    LocalWindowStore,
+    SessionStoreImpl,
+    WindowStoreImpl,
+)
 
 __all__ = [
     "Client",
     "InMemoryKeyValueStore",
+    "InMemorySessionStore",
+    "InMemoryWindowStore",
     "KeyValueStore",
     "LocalKeyValueStore",
+    "LocalSessionStore",
+    "LocalWindowStore",
     "Reader",
     "RemoteKeyValueStore",
     "SessionStore",
+    "SessionStoreImpl",
     "WindowStore",
+    "WindowStoreImpl",
     "connect",
     "errors",
     "partition_for",

@@ -51,6 +51,15 @@ class KeyValueStore(Protocol):
 
 @runtime_checkable
 class WindowStore(Protocol):
+    """A window store shard: values per (key, window start), retained by stream time.
+
+    Windows past retention are invisible at once and a put into one is dropped (see
+    `tierstore.client.retention`). Time ranges are inclusive.
+    """
+
+    @property
+    def committed_offsets(self) -> dict[str, int]: ...
+
     def put(self, key: bytes, value: bytes | None, window_start_ms: int) -> None: ...
 
     def fetch(self, key: bytes, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[int, bytes]]:
@@ -63,6 +72,10 @@ class WindowStore(Protocol):
     def fetch_all(self, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[bytes, int, bytes]]:
         ...
 
+    def fetch_range(
+        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
+    ) -> Iterator[tuple[bytes, int, bytes]]: ...
+
     def commit(self, offsets: dict[str, int] | None = None) -> dict[str, int]: ...
 
     def close(self) -> None: ...
@@ -70,6 +83,13 @@ class WindowStore(Protocol):
 
 @runtime_checkable
 class SessionStore(Protocol):
+    """A session store shard: values per (key, start, end), retained by stream time measured
+    on session ends. `find_sessions` finds [s, e] when e >= earliest_end and s <= latest_start.
+    """
+
+    @property
+    def committed_offsets(self) -> dict[str, int]: ...
+
     def put(self, key: bytes, start_ms: int, end_ms: int, value: bytes) -> None: ...
 
     def remove(self, key: bytes, start_ms: int, end_ms: int) -> None: ...
@@ -79,6 +99,11 @@ class SessionStore(Protocol):
     def find_sessions(
         self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
     ) -> Iterator[tuple[int, int, bytes]]: ...
+
+    def find_sessions_range(
+        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
+        latest_session_start_ms: int,
+    ) -> Iterator[tuple[bytes, int, int, bytes]]: ...
 
     def commit(self, offsets: dict[str, int] | None = None) -> dict[str, int]: ...
 

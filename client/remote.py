@@ -24,6 +24,8 @@ from tierstore.client.errors import (
     UnavailableError,
 )
 from tierstore.client.partitioner import partition_for
+from tierstore.client.retention import check_window_params
+from tierstore.client.windowed import SessionStoreImpl, WindowStoreImpl
 from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
 
@@ -81,6 +83,56 @@ class Client:
             buffer_max_bytes=buffer_max_bytes, buffer_max_entries=buffer_max_entries,
         )
 
+    def window_store(
+        self,
+        name: str,
+        partition: int = 0,
+        *,
+        window_size_ms: int = 0,
+        retention_ms: int = 0,
+        num_partitions: int | None = None,
+        buffer_max_bytes: int = 16 * 1024 * 1024,
+        buffer_max_entries: int = 100_000,
+    ) -> WindowStoreImpl:
+        """Claim shard (name, partition) of a window store; creates the store on its first
+        claim, which must give window_size_ms > 0 and retention_ms >= window_size_ms. Later
+        claims may omit them (0) to use the store's own."""
+        if window_size_ms and retention_ms:
+            check_window_params(window_size_ms, retention_ms)
+        kv = RemoteKeyValueStore(
+            self, name, partition, num_partitions or 0, buffer_max_bytes=buffer_max_bytes,
+            buffer_max_entries=buffer_max_entries, store_type=pb.STORE_TYPE_WINDOW,
+            window_size_ms=window_size_ms, retention_ms=retention_ms,
+        )
+        try:
+            return WindowStoreImpl(kv, kv.window_size_ms, kv.retention_ms)
+        except BaseException:
+            kv.close()
+            raise
+
+    def session_store(
+        self,
+        name: str,
+        partition: int = 0,
+        *,
+        retention_ms: int = 0,
+        num_partitions: int | None = None,
+        buffer_max_bytes: int = 16 * 1024 * 1024,
+        buffer_max_entries: int = 100_000,
+    ) -> SessionStoreImpl:
+        """Claim shard (name, partition) of a session store; creates the store on its first
+        claim, which must give retention_ms > 0. Later claims may omit it (0)."""
+        kv = RemoteKeyValueStore(
+            self, name, partition, num_partitions or 0, buffer_max_bytes=buffer_max_bytes,
+            buffer_max_entries=buffer_max_entries, store_type=pb.STORE_TYPE_SESSION,
+            retention_ms=retention_ms,
+        )
+        try:
+            return SessionStoreImpl(kv, kv.retention_ms)
+        except BaseException:
+            kv.close()
+            raise
+
     def reader(self, name: str) -> Reader:
         """Interactive queries on the committed state of every partition of a store."""
         return Reader(self, name)
@@ -118,8 +170,12 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         *,
         buffer_max_bytes: int,
         buffer_max_entries: int,
+        store_type: pb.StoreType.ValueType = pb.STORE_TYPE_KV,
+        window_size_ms: int = 0,
+        retention_ms: int = 0,
     ) -> None:
         super().__init__()
+        self._type = store_type
         self._c = client
         self.name = name
         self.partition = partition
@@ -127,22 +183,27 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         self._buf_max_entries = buffer_max_entries
         self._buf_bytes = 0
         self._staged = 0
-        resp = self._open(num_partitions)
+        resp = self._open(num_partitions, window_size_ms, retention_ms)
         self.epoch: int = resp.epoch
         self.num_partitions: int = resp.spec.num_partitions
+        self.window_size_ms: int = resp.spec.window_size_ms
+        self.retention_ms: int = resp.spec.retention_ms
         self._seq: int = resp.last_commit_seq
         self._offsets = dict(resp.committed_offsets)
 
     @rpc
-    def _open(self, num_partitions: int) -> pb.OpenResponse:
+    def _open(
+        self, num_partitions: int, window_size_ms: int, retention_ms: int
+    ) -> pb.OpenResponse:
         if self.partition < 0:
             from tierstore.client.errors import InvalidArgumentError
 
             raise InvalidArgumentError(f"partition must be >= 0, got {self.partition}")
         resp: pb.OpenResponse = self._c.stub.Open(
             pb.OpenRequest(
-                store=self.name, partition=self.partition, type=pb.STORE_TYPE_KV,
-                num_partitions=num_partitions,
+                store=self.name, partition=self.partition, type=self._type,
+                num_partitions=num_partitions, window_size_ms=window_size_ms,
+                retention_ms=retention_ms,
             ),
             timeout=max(self._c.timeout_s, 600), metadata=self._c.metadata,
         )

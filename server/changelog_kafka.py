@@ -54,7 +54,7 @@ class KafkaConfig:
     admin_timeout_ms: int = 30_000
     fetch_wait_max_ms: int = 10  # a fetch at the end waits this long: the latency of EOF (>= 1)
     fetch_max_bytes: int = 64 * MiB
-    read_page_records: int = 5_000
+    read_page_records: int = 1_000
     read_idle_timeout_ms: int = 30_000  # a read with neither a record nor EOF this long fails
     client_id: str = "tierstore"
     extra: tuple[tuple[str, str], ...] = ()  # for all clients, e.g. (("security.protocol", "SSL"),)
@@ -157,8 +157,6 @@ class KafkaChangelog:
             raise InvalidArgumentError(f"invalid store name {store!r}")
         return f"{self._cfg.topic_prefix}{store}-changelog"
 
-    # ---- topics --------------------------------------------------------------------------------
-
     def ensure_topic(self, store: str, num_partitions: int) -> None:
         """Create the store's compacted topic if missing, then check in the broker's metadata
         that it has `num_partitions` partitions. Idempotent and thread-safe; the count is cached.
@@ -234,18 +232,9 @@ class KafkaChangelog:
                 self._admin = AdminClient(self._cfg.to_admin())
             return self._admin
 
-    # ---- append --------------------------------------------------------------------------------
-
-    def append_batch(
-        self,
-        store: str,
-        partition: int,
-        keys: Sequence[bytes],
-        values: Sequence[bytes | None],
-        headers: Sequence[Header],
-        marker_value: bytes,
-        marker_headers: Sequence[Header],
-    ) -> int:
+    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
+                     values: Sequence[bytes | None], headers: Sequence[Header],
+                     marker_value: bytes, marker_headers: Sequence[Header]) -> int:
         """Produce the data records in order, wait for ALL their acknowledgements, then produce
         the marker (key b"") and wait for it; return the marker's offset. Thread-safe; waits only
         for this call's own messages, so concurrent calls do not delay each other.
@@ -352,8 +341,6 @@ class KafkaChangelog:
             except Exception:  # a callback must never kill the poller
                 _log.exception("changelog producer poll failed")
 
-    # ---- read ----------------------------------------------------------------------------------
-
     def read(self, store: str, partition: int, start_offset: int) -> _Pages:
         """Yield the records from `start_offset` to the end of the partition, in pages of at most
         read_page_records, ending at the partition-EOF event: an empty partition, or a start
@@ -370,7 +357,10 @@ class KafkaChangelog:
     def _read(self, topic: str, partition: int, start: int) -> _Pages:
         where = f"{topic}[{partition}] from offset {start}"
         try:
-            consumer = Consumer({**self._cfg.to_confluent_consumer(), "logger": _log})
+            # client-level errors (a broker connection lost...) are only logged: librdkafka
+            # retries, and the idle timeout bounds the wait; partition errors come as messages
+            consumer = Consumer({**self._cfg.to_confluent_consumer(), "logger": _log,
+                                 "error_cb": self._on_error})
         except KafkaException as exc:
             raise ChangelogError(f"cannot create a Kafka consumer for {where}: {exc}") from exc
         idle_s = self._cfg.read_idle_timeout_ms / 1000
@@ -402,8 +392,6 @@ class KafkaChangelog:
                 consumer.close()
             except (KafkaException, RuntimeError):
                 _log.debug("closing a changelog consumer failed", exc_info=True)
-
-    # ---- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Flush outstanding appends (up to message_timeout_ms), stop the poller, close the

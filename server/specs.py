@@ -54,6 +54,37 @@ class StoreSpec:
             )
 
 
+def _check_type_params(
+    name: str, type_: str, window_size_ms: int, retention_ms: int, creating: bool
+) -> None:
+    """The window size and retention a claim of a `type_` store may give (0: not given)."""
+    if type_ == "kv":
+        if window_size_ms or retention_ms:
+            raise InvalidArgumentError(
+                f"store {name!r}: a kv store takes no window_size_ms or retention_ms (got "
+                f"{window_size_ms} and {retention_ms})"
+            )
+    elif type_ == "window":
+        if creating and window_size_ms <= 0:
+            raise InvalidArgumentError(
+                f"new window store {name!r} needs window_size_ms > 0, got {window_size_ms}"
+            )
+        if (creating or (window_size_ms and retention_ms)) and retention_ms < window_size_ms:
+            raise InvalidArgumentError(
+                f"window store {name!r}: retention_ms {retention_ms} is smaller than "
+                f"window_size_ms {window_size_ms}"
+            )
+    else:  # session
+        if window_size_ms:
+            raise InvalidArgumentError(
+                f"store {name!r}: a session store takes no window_size_ms (got {window_size_ms})"
+            )
+        if creating and retention_ms <= 0:
+            raise InvalidArgumentError(
+                f"new session store {name!r} needs retention_ms > 0, got {retention_ms}"
+            )
+
+
 def reconcile(
     existing: StoreSpec | None,
     name: str,
@@ -75,6 +106,7 @@ def reconcile(
         )
     if window_size_ms < 0 or retention_ms < 0:
         raise InvalidArgumentError("window size and retention must be non-negative")
+    _check_type_params(name, type_, window_size_ms, retention_ms, existing is None)
     if existing is None:
         return StoreSpec(name, type_, num_partitions or 1, window_size_ms, retention_ms)
     if existing.type != type_:

@@ -1,0 +1,319 @@
+"""Window and session stores over any key-value store with a write-back buffer.
+
+A window or session store shard is a key-value shard whose keys are encoded by
+`tierstore.windowkeys`; these classes hold a `BufferedKeyValueStore` (remote, local or in-memory)
+and translate, so everything the key-value layer guarantees carries over unchanged: writes are
+visible to this handle at once and durable only at `commit`, together with the input offsets
+and the store's stream time, all or nothing. Stream time and retention: see
+`tierstore.client.retention`.
+
+Windows need not be aligned to the window size: any non-negative start is accepted, so hopping
+windows work (aligning is the processor's business, as in Kafka Streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from tierstore import windowkeys as wk
+from tierstore.client.buffered import BufferedKeyValueStore
+from tierstore.client.errors import InvalidArgumentError
+from tierstore.client.local import LocalKeyValueStore
+from tierstore.client.memory import InMemoryKeyValueStore
+from tierstore.client.retention import (
+    TimedStore,
+    check_key_range,
+    check_session_params,
+    check_time,
+    check_times,
+    check_user_key,
+    check_value,
+    check_window_params,
+)
+
+class WindowStoreImpl(TimedStore):
+    """A window store: values per (key, window start), retained by stream time."""
+
+    _overhead = wk.WINDOW_OVERHEAD
+
+    def __init__(
+        self, kv: BufferedKeyValueStore, window_size_ms: int, retention_ms: int, *,
+        segment_interval_ms: int | None = None,
+    ) -> None:
+        check_window_params(window_size_ms, retention_ms)
+        self.window_size_ms = window_size_ms
+        spec = {"type": "window", "window_size_ms": window_size_ms, "retention_ms": retention_ms}
+        super().__init__(kv, spec, retention_ms, segment_interval_ms)
+
+    def _entry_time(self, encoded: bytes) -> int:
+        return wk.window_time(encoded)
+
+    def put(self, key: bytes, value: bytes | None, window_start_ms: int) -> None:
+        """Put the value of window (key, start); None deletes it. A put into an expired window
+        is dropped and counted in `dropped_records`."""
+        check_user_key(key, self._overhead)
+        t = check_time(window_start_ms, "window_start_ms")
+        check_value(value)
+        if value is None:
+            self._kv.put(wk.window_key(key, t), None)
+            return
+        if t <= max(self._stream_time, t) - self.retention_ms:
+            self.dropped_records += 1
+            return
+        self._kv.put(wk.window_key(key, t), value)
+        self._advance(t)
+
+    def fetch_window(self, key: bytes, window_start_ms: int) -> bytes | None:
+        """The value of window (key, start), or None (absent or expired)."""
+        check_user_key(key, self._overhead)
+        t = check_time(window_start_ms, "window_start_ms")
+        if t <= self._expired_through():
+            return None
+        return self._kv.get(wk.window_key(key, t))
+
+    def fetch(self, key: bytes, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[int, bytes]]:
+        """(window_start_ms, value) of `key`'s windows starting in [from, to], in time order."""
+        return self._fetch(key, time_from_ms, time_to_ms, False)
+
+    def backward_fetch(
+        self, key: bytes, time_from_ms: int, time_to_ms: int
+    ) -> Iterator[tuple[int, bytes]]:
+        """`fetch` in reverse time order."""
+        return self._fetch(key, time_from_ms, time_to_ms, True)
+
+    def _fetch(
+        self, key: bytes, time_from_ms: int, time_to_ms: int, reverse: bool
+    ) -> Iterator[tuple[int, bytes]]:
+        check_user_key(key, self._overhead)
+        lo_t, hi_t = check_times(time_from_ms, time_to_ms)
+        lo_t = max(lo_t, self._expired_through() + 1)
+        if lo_t > hi_t:
+            return iter(())
+        lo, hi = wk.window_range(key, lo_t, hi_t)
+        return ((wk.window_time(k), v) for k, v in self._scan(lo, hi, reverse))
+
+    def fetch_range(
+        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key, window_start_ms, value) of keys in [key_from, key_to] (None: unbounded) and
+        starts in [from, to], in (key, start) order."""
+        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, False)
+
+    def backward_fetch_range(
+        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, True)
+
+    def fetch_all(self, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key, window_start_ms, value) of every window starting in [from, to], in (key, start)
+        order. This reads every window of the shard and filters by time (the encoding is
+        key-major)."""
+        return self._fetch_keys(None, None, time_from_ms, time_to_ms, False)
+
+    def backward_fetch_all(
+        self, time_from_ms: int, time_to_ms: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        return self._fetch_keys(None, None, time_from_ms, time_to_ms, True)
+
+    def all(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every retained window, in (key, start) order."""
+        return self._fetch_keys(None, None, 0, wk.MAX_TIME, False)
+
+    def _fetch_keys(
+        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int,
+        reverse: bool,
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        check_key_range(key_from, key_to, self._overhead)
+        lo_t, hi_t = check_times(time_from_ms, time_to_ms)
+        lo_t = max(lo_t, self._expired_through() + 1)
+        if lo_t > hi_t:
+            return iter(())
+        lo, hi = wk.window_key_range(key_from, key_to, lo_t, hi_t)
+        return self._filter(self._scan(lo, hi, reverse), lo_t, hi_t)
+
+    @staticmethod
+    def _filter(
+        it: Iterator[tuple[bytes, bytes]], lo_t: int, hi_t: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        for k, v in it:
+            if lo_t <= wk.window_time(k) <= hi_t:
+                key, t = wk.decode_window_key(k)
+                yield key, t, v
+
+    def __enter__(self) -> WindowStoreImpl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SessionStoreImpl(TimedStore):
+    """A session store: values per (key, session start, session end), retained by stream time
+    measured on session ends."""
+
+    _overhead = wk.SESSION_OVERHEAD
+
+    def __init__(
+        self, kv: BufferedKeyValueStore, retention_ms: int, *,
+        segment_interval_ms: int | None = None,
+    ) -> None:
+        check_session_params(retention_ms)
+        spec = {"type": "session", "retention_ms": retention_ms}
+        super().__init__(kv, spec, retention_ms, segment_interval_ms)
+
+    def _entry_time(self, encoded: bytes) -> int:
+        return wk.session_times(encoded)[1]
+
+    def _session(self, key: bytes, start_ms: int, end_ms: int) -> tuple[int, int]:
+        check_user_key(key, self._overhead)
+        s, e = check_time(start_ms, "session start_ms"), check_time(end_ms, "session end_ms")
+        if e < s:
+            raise InvalidArgumentError(f"session end_ms {e} is before its start_ms {s}")
+        return s, e
+
+    def put(self, key: bytes, start_ms: int, end_ms: int, value: bytes | None) -> None:
+        """Put session [start, end] of `key`; None removes it. A put of a session whose end is
+        expired is dropped and counted in `dropped_records`."""
+        s, e = self._session(key, start_ms, end_ms)
+        check_value(value)
+        if value is None:
+            self._kv.put(wk.session_key(key, s, e), None)
+            return
+        if e <= max(self._stream_time, e) - self.retention_ms:
+            self.dropped_records += 1
+            return
+        self._kv.put(wk.session_key(key, s, e), value)
+        self._advance(e)
+
+    def remove(self, key: bytes, start_ms: int, end_ms: int) -> None:
+        """Remove session [start, end] of `key` (nothing happens if there is none)."""
+        s, e = self._session(key, start_ms, end_ms)
+        self._kv.put(wk.session_key(key, s, e), None)
+
+    def fetch_session(self, key: bytes, start_ms: int, end_ms: int) -> bytes | None:
+        """The value of session [start, end] of `key`, or None (absent or expired)."""
+        s, e = self._session(key, start_ms, end_ms)
+        if e <= self._expired_through():
+            return None
+        return self._kv.get(wk.session_key(key, s, e))
+
+    def find_sessions(
+        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
+    ) -> Iterator[tuple[int, int, bytes]]:
+        """(start_ms, end_ms, value) of `key`'s sessions with end >= earliest_session_end_ms and
+        start <= latest_session_start_ms, ordered by (end, start). earliest_end may exceed
+        latest_start: that finds the sessions spanning [latest_start, earliest_end]."""
+        return self._find(key, earliest_session_end_ms, latest_session_start_ms, False)
+
+    def backward_find_sessions(
+        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
+    ) -> Iterator[tuple[int, int, bytes]]:
+        return self._find(key, earliest_session_end_ms, latest_session_start_ms, True)
+
+    def fetch(self, key: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """Every retained session of `key`, ordered by (end, start)."""
+        return self._find(key, 0, wk.MAX_TIME, False)
+
+    def _find(
+        self, key: bytes, earliest_end: int, latest_start: int, reverse: bool
+    ) -> Iterator[tuple[int, int, bytes]]:
+        check_user_key(key, self._overhead)
+        e0 = max(check_time(earliest_end, "earliest_session_end_ms"), self._expired_through() + 1)
+        s1 = check_time(latest_start, "latest_session_start_ms")
+        lo, hi = wk.session_find_range(key, e0)
+        return self._filter_one(self._scan(lo, hi, reverse), s1)
+
+    @staticmethod
+    def _filter_one(
+        it: Iterator[tuple[bytes, bytes]], latest_start: int
+    ) -> Iterator[tuple[int, int, bytes]]:
+        for k, v in it:
+            s, e = wk.session_times(k)
+            if s <= latest_start:
+                yield s, e, v
+
+    def find_sessions_range(
+        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
+        latest_session_start_ms: int,
+    ) -> Iterator[tuple[bytes, int, int, bytes]]:
+        """(key, start_ms, end_ms, value) of the sessions of keys in [key_from, key_to] (None:
+        unbounded) matching as in `find_sessions`, ordered by (key, end, start)."""
+        return self._find_keys(
+            key_from, key_to, earliest_session_end_ms, latest_session_start_ms, False
+        )
+
+    def backward_find_sessions_range(
+        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
+        latest_session_start_ms: int,
+    ) -> Iterator[tuple[bytes, int, int, bytes]]:
+        return self._find_keys(
+            key_from, key_to, earliest_session_end_ms, latest_session_start_ms, True
+        )
+
+    def _find_keys(
+        self, key_from: bytes | None, key_to: bytes | None, earliest_end: int,
+        latest_start: int, reverse: bool,
+    ) -> Iterator[tuple[bytes, int, int, bytes]]:
+        check_key_range(key_from, key_to, self._overhead)
+        e0 = max(check_time(earliest_end, "earliest_session_end_ms"), self._expired_through() + 1)
+        s1 = check_time(latest_start, "latest_session_start_ms")
+        lo, hi = wk.session_key_range(key_from, key_to, e0)
+        return self._filter_keys(self._scan(lo, hi, reverse), e0, s1)
+
+    @staticmethod
+    def _filter_keys(
+        it: Iterator[tuple[bytes, bytes]], earliest_end: int, latest_start: int
+    ) -> Iterator[tuple[bytes, int, int, bytes]]:
+        for k, v in it:
+            s, e = wk.session_times(k)
+            if e >= earliest_end and s <= latest_start:
+                key, _, _ = wk.decode_session_key(k)
+                yield key, s, e, v
+
+    def __enter__(self) -> SessionStoreImpl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- local and in-memory constructors -----------------------------------------------------------
+class InMemoryWindowStore(WindowStoreImpl):
+    """A window store in process memory (nothing durable beyond the process)."""
+
+    def __init__(self, window_size_ms: int, retention_ms: int) -> None:
+        super().__init__(InMemoryKeyValueStore(), window_size_ms, retention_ms)
+
+
+class InMemorySessionStore(SessionStoreImpl):
+    """A session store in process memory (nothing durable beyond the process)."""
+
+    def __init__(self, retention_ms: int) -> None:
+        super().__init__(InMemoryKeyValueStore(), retention_ms)
+
+
+class LocalWindowStore(WindowStoreImpl):
+    """A window store in the directory `path` (in-process RocksDB, the embedded default)."""
+
+    def __init__(self, path: str | Path, window_size_ms: int, retention_ms: int) -> None:
+        check_window_params(window_size_ms, retention_ms)
+        kv = LocalKeyValueStore(path)
+        try:
+            super().__init__(kv, window_size_ms, retention_ms)
+        except BaseException:
+            kv.close()
+            raise
+
+
+class LocalSessionStore(SessionStoreImpl):
+    """A session store in the directory `path` (in-process RocksDB, the embedded default)."""
+
+    def __init__(self, path: str | Path, retention_ms: int) -> None:
+        check_session_params(retention_ms)
+        kv = LocalKeyValueStore(path)
+        try:
+            super().__init__(kv, retention_ms)
+        except BaseException:
+            kv.close()
+            raise
