@@ -52,6 +52,10 @@ class HotTierConfig:
     write_buffer_bytes: int = 128 * 1024 * 1024  # all memtables of all shards together
     write_buffer_size_per_shard: int = 16 * 1024 * 1024
     max_open_files_per_shard: int = 256
+    # With a changelog, the log is the durable record: RocksDB's own WAL is skipped and the
+    # column families flush atomically, so a crash leaves a consistent older state from which
+    # the changelog replay catches up. Without a changelog the WAL is on and fsynced per commit.
+    disable_wal: bool = False
 
 
 class _SharedResources:
@@ -111,6 +115,7 @@ class HotTier:
         opts.set_write_buffer_size(self.cfg.write_buffer_size_per_shard)
         opts.set_write_buffer_manager(self._shared.wbm)
         opts.set_max_open_files(self.cfg.max_open_files_per_shard)
+        opts.set_atomic_flush(True)
         table = BlockBasedOptions()
         table.set_block_cache(self._shared.cache)
         table.set_bloom_filter(10, False)
@@ -125,7 +130,7 @@ class HotTier:
             db = Rdict(str(path), opts, column_families={META_CF: self.options()})
         except Exception as exc:
             raise _wrap(exc, f"opening shard database {path}") from exc
-        return ShardDB(path, db)
+        return ShardDB(path, db, disable_wal=self.cfg.disable_wal)
 
     def block_cache_usage(self) -> int:
         return int(self._shared.cache.get_usage())
@@ -167,7 +172,7 @@ def _reverse_bounded(
 class ShardDB:
     """One shard's RocksDB database. Reads are thread-safe; writes are serialized by the caller."""
 
-    def __init__(self, path: Path, db: Rdict) -> None:
+    def __init__(self, path: Path, db: Rdict, disable_wal: bool = False) -> None:
         self.path = path
         self._db = db
         self._meta_cf: Any = db.get_column_family_handle(META_CF)
@@ -175,6 +180,11 @@ class ShardDB:
         self._sync = WriteOptions()
         self._sync.sync = True
         self._nosync = WriteOptions()
+        if disable_wal:
+            self._sync.sync = False
+            self._sync.disable_wal = True
+            self._nosync.disable_wal = True
+        self.disable_wal = disable_wal
         self.closed = False
 
     # --- metadata -------------------------------------------------------------------------
@@ -312,7 +322,10 @@ class ShardDB:
         if not self.closed:
             self.closed = True
             try:
-                self._db.flush_wal(True)
+                if self.disable_wal:
+                    self._db.flush()  # memtables hold writes no WAL has
+                else:
+                    self._db.flush_wal(True)
             finally:
                 # The column-family objects hold the database open (and its LOCK) until freed.
                 self._meta = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,8 @@ class StoreService:
         self.cfg = cfg
         data_dir = Path(cfg.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.hot = HotTier(data_dir / "shards", cfg.hot)
+        hot_cfg = dataclasses.replace(cfg.hot, disable_wal=changelog is not None)
+        self.hot = HotTier(data_dir / "shards", hot_cfg)
         self.snapshots = SnapshotStore(
             objects, keep=cfg.snapshot_keep, workers=cfg.snapshot_workers,
             gc_grace_s=cfg.snapshot_gc_grace_s,
