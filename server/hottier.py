@@ -182,8 +182,9 @@ class ShardDB:
         self._nosync = WriteOptions()
         if disable_wal:
             self._sync.sync = False
-            self._sync.disable_wal = True
-            self._nosync.disable_wal = True
+            # disable_wal is a property at runtime; rocksdict's stub calls it a method.
+            setattr(self._sync, "disable_wal", True)  # noqa: B010
+            setattr(self._nosync, "disable_wal", True)  # noqa: B010
         self.disable_wal = disable_wal
         self.closed = False
 
