@@ -6,6 +6,8 @@ A reader must find the partition a producer wrote a key to, so this matches Kafk
 
 from __future__ import annotations
 
+import struct
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -15,8 +17,7 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & _MASK
     n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+    for k in struct.unpack_from(f"<{n4 >> 2}I", data):
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK
@@ -37,4 +38,6 @@ def murmur2(data: bytes) -> int:
 
 
 def partition_for(key: bytes, num_partitions: int) -> int:
+    if num_partitions == 1:
+        return 0
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
