@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,14 +234,18 @@ class KafkaChangelog:
 
     def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
                      values: Sequence[bytes | None], headers: Sequence[Header],
-                     marker_value: bytes, marker_headers: Sequence[Header]) -> int:
+                     marker_value: bytes, marker_headers: Sequence[Header],
+                     while_waiting: Callable[[], None] | None = None) -> int:
         """Produce the data records in order, wait for ALL their acknowledgements, then produce
         the marker (key b"") and wait for it; return the marker's offset. Thread-safe; waits only
         for this call's own messages, so concurrent calls do not delay each other.
 
         Not atomic by itself: on any failure (produce error, failed delivery report, or none
         within message_timeout_ms + 5 s) ChangelogError is raised and the marker is not written,
-        but some data records of this batch may be in the log, or even land later."""
+        but some data records of this batch may be in the log, or even land later.
+
+        `while_waiting` runs after the data records are handed to the producer and before their
+        acknowledgements are awaited, so the caller's own work overlaps the broker round trip."""
         if len(keys) != len(values):
             raise InvalidArgumentError(f"{len(keys)} keys but {len(values)} values")
         topic = self.topic_for(store)
@@ -250,7 +254,11 @@ class KafkaChangelog:
         if keys:
             data = _Waiter(len(keys))
             self._produce(producer, topic, partition, keys, values, list(headers) or None, data)
+            if while_waiting is not None:
+                while_waiting()
             self._await(producer, data, topic, partition, f"{len(keys)} data records")
+        elif while_waiting is not None:
+            while_waiting()
         marker = _Waiter(1)
         mh = list(marker_headers) or None
         self._produce(producer, topic, partition, (b"",), (marker_value,), mh, marker)

@@ -216,6 +216,15 @@ class ShardDB:
         With ``sync`` the WAL is fsynced before returning (the durability point when there is no
         changelog). On failure nothing is applied and UnavailableError is raised.
         """
+        self.write_prepared(self.prepare(put_keys, put_values, delete_keys), meta, sync=sync)
+
+    def prepare(
+        self,
+        put_keys: Sequence[bytes],
+        put_values: Sequence[bytes],
+        delete_keys: Sequence[bytes],
+    ) -> WriteBatch:
+        """Build (without writing) the data part of a commit's WriteBatch."""
         wb = WriteBatch(raw_mode=True)
         put = wb.put
         for k, v in zip(put_keys, put_values, strict=True):
@@ -223,6 +232,10 @@ class ShardDB:
         delete = wb.delete
         for k in delete_keys:
             delete(k)
+        return wb
+
+    def write_prepared(self, wb: WriteBatch, meta: ShardMeta, *, sync: bool) -> None:
+        """Add the shard metadata to a prepared batch and write it atomically."""
         self._put_meta(wb, meta)
         self._write(wb, sync=sync)
 

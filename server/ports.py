@@ -6,7 +6,7 @@ Storage modules import these protocols, never confluent_kafka or boto3. The Kafk
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,11 +38,13 @@ class Changelog(Protocol):
         headers: Sequence[Header],
         marker_value: bytes,
         marker_headers: Sequence[Header],
+        while_waiting: Callable[[], None] | None = None,
     ) -> int:
         """Append records (each with `headers`) in order, then, only once all of them are
         acknowledged, a marker record (key b"") carrying `marker_headers`. Returns the marker's
         offset. Raises ChangelogError if anything failed; the marker is then not written, though
-        some data records may be."""
+        some data records may be. `while_waiting`, if given, runs while the broker acknowledges
+        the data records (the caller overlaps its own work with the round trip)."""
 
     def read(
         self, store: str, partition: int, start_offset: int

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from rocksdict import WriteBatch
+
 from tierstore.overlay import overlay_items, select_range
 from tierstore.server.errors import (
     AbortedError,
@@ -212,6 +214,11 @@ class Shard:
         kind: bytes,
     ) -> int:
         marker_offset = -1
+        prepared: list[WriteBatch] = []
+
+        def prepare() -> None:
+            prepared.append(self.db.prepare(pk, pv, dk))
+
         if self.changelog is not None:
             keys: list[bytes] = pk + dk
             values: list[bytes | None] = [*pv, *([None] * len(dk))]
@@ -231,14 +238,17 @@ class Shard:
                     data_headers(new.epoch, new.commit_seq),
                     mval,
                     mheaders,
+                    while_waiting=prepare,  # build the WriteBatch during the broker round trip
                 )
             except UnavailableError:
                 self._repair.update(keys)
                 raise
             self._repair.clear()
             new.changelog_offset = marker_offset + 1
+        if not prepared:
+            prepare()
         try:
-            self.db.apply(pk, pv, dk, new, sync=self.changelog is None)
+            self.db.write_prepared(prepared[0], new, sync=self.changelog is None)
         except UnavailableError as exc:
             if self.changelog is not None:
                 self.broken = f"local write failed after the changelog append: {exc}"
