@@ -11,6 +11,7 @@ from tierstore.client.local import LocalKeyValueStore
 from tierstore.client.memory import InMemoryKeyValueStore
 from tierstore.client.partitioner import partition_for
 from tierstore.client.remote import Client, Reader, RemoteKeyValueStore, connect
+from tierstore.client.tls import TLSConfig
 from tierstore.client.windowed import (
     InMemorySessionStore,
     InMemoryWindowStore,
@@ -33,6 +34,7 @@ __all__ = [
     "RemoteKeyValueStore",
     "SessionStore",
     "SessionStoreImpl",
+    "TLSConfig",
     "WindowStore",
     "WindowStoreImpl",
     "connect",

@@ -25,6 +25,7 @@ from tierstore.client.errors import (
 )
 from tierstore.client.partitioner import partition_for
 from tierstore.client.retention import check_window_params
+from tierstore.client.tls import TLSConfig, channel_security
 from tierstore.client.windowed import SessionStoreImpl, WindowStoreImpl
 from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
@@ -33,13 +34,20 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class Client:
-    """A connection to a tierstore server. Thread-safe; store handles are not."""
+    """A connection to a tierstore server. Thread-safe; store handles are not.
+
+    `tls`: None/False for plaintext, True for TLS verified by the system roots, a TLSConfig
+    (private CA, client certificate for mTLS, server name) or a grpc.ChannelCredentials.
+    `token`: sent as `authorization: Bearer <token>` on every call. A server that refuses it
+    raises UnauthenticatedError or PermissionDeniedError; a TLS handshake that fails (plaintext
+    against TLS, missing client certificate, untrusted server) raises UnavailableError.
+    """
 
     def __init__(
         self,
         target: str,
         *,
-        tls: Any = None,
+        tls: bool | TLSConfig | grpc.ChannelCredentials | None = None,
         token: str | None = None,
         timeout_s: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
@@ -48,11 +56,9 @@ class Client:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if tls:
-            creds = (
-                tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
-            )
-            self._channel = grpc.secure_channel(target, creds, options=opts)
+        creds, tls_opts = channel_security(tls)
+        if creds is not None:
+            self._channel = grpc.secure_channel(target, creds, options=opts + tls_opts)
         else:
             self._channel = grpc.insecure_channel(target, options=opts)
         self.target = target
@@ -156,7 +162,13 @@ class Client:
         self.close()
 
 
-def connect(target: str, *, tls: Any = None, token: str | None = None, **kwargs: Any) -> Client:
+def connect(
+    target: str,
+    *,
+    tls: bool | TLSConfig | grpc.ChannelCredentials | None = None,
+    token: str | None = None,
+    **kwargs: Any,
+) -> Client:
     return Client(target, tls=tls, token=token, **kwargs)
 
 

@@ -13,8 +13,9 @@ not move it). It never reads the wall clock. An entry with time `t` (window star
 end) is *expired* once ``t <= stream_time - retention_ms``; Kafka Streams hides records with
 ``t < observedStreamTime - retentionPeriod + 1``, which is the same bound.
 
-- Expired entries are invisible to every read of this handle as soon as stream time passes them
-  (for other readers, from the commit that persists that stream time).
+- Expired entries are invisible to every read of this handle as soon as stream time passes them.
+  Others see committed state only, so for them expiry takes effect with the commit that
+  persists that stream time (a window/session reader for interactive queries is not built yet).
 - A put into an expired window or session is dropped and counted in `dropped_records` (a count
   for this handle since it was opened), like Kafka Streams' late records; it is not an error.
   Kafka drops late puts per segment; here the drop bound is exactly the read bound, so a put is
@@ -123,6 +124,10 @@ class TimedStore:
         self, kv: BufferedKeyValueStore, spec: dict[str, Any], retention_ms: int,
         segment_interval_ms: int | None,
     ) -> None:
+        if segment_interval_ms is not None and segment_interval_ms <= 0:
+            raise InvalidArgumentError(
+                f"segment_interval_ms must be > 0, got {segment_interval_ms}"
+            )
         self._kv = kv
         self.retention_ms = retention_ms
         self.segment_interval_ms = segment_interval_ms or max(
@@ -191,9 +196,9 @@ class TimedStore:
 
     def commit(self, offsets: dict[str, int] | None = None) -> dict[str, int]:
         """Make every write since the last commit, the stream time and `offsets` durable
-        together (all or nothing, as the key-value store's commit), after staging the deletes
-        of expired entries when a purge is due. On failure nothing is applied and this handle's
-        writes stay buffered, as in the key-value store."""
+        together, all or nothing, after staging the deletes of expired entries when a purge is
+        due. Failures are those of the key-value store's commit (a remote UnavailableError
+        leaves the outcome unknown: reopen and resume from `committed_offsets`)."""
         st = self._stream_time
         if st != self._committed_stream_time:
             self._kv.put(wk.STREAM_TIME_KEY, wk.encode_time(st))

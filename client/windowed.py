@@ -9,6 +9,11 @@ and the store's stream time, all or nothing. Stream time and retention: see
 
 Windows need not be aligned to the window size: any non-negative start is accepted, so hopping
 windows work (aligning is the processor's business, as in Kafka Streams).
+
+Keys: the *encoded* key must fit the 64 KiB key limit. Encoding adds 11 bytes (window) or 19
+(session) and doubles each 0x00 byte, so a key without 0x00 bytes may be up to 65525 / 65517
+bytes, and any key of up to 32758 bytes fits; a longer one is refused with InvalidArgumentError
+naming both sizes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tierstore.client.retention import (
     check_value,
     check_window_params,
 )
+
 
 class WindowStoreImpl(TimedStore):
     """A window store: values per (key, window start), retained by stream time."""
@@ -282,15 +288,28 @@ class SessionStoreImpl(TimedStore):
 class InMemoryWindowStore(WindowStoreImpl):
     """A window store in process memory (nothing durable beyond the process)."""
 
-    def __init__(self, window_size_ms: int, retention_ms: int) -> None:
-        super().__init__(InMemoryKeyValueStore(), window_size_ms, retention_ms)
+    def __init__(
+        self, window_size_ms: int, retention_ms: int, *, kv: InMemoryKeyValueStore | None = None
+    ) -> None:
+        self._mem = kv or InMemoryKeyValueStore()
+        super().__init__(self._mem, window_size_ms, retention_ms)
+
+    def reopen(self) -> InMemoryWindowStore:
+        """A new handle on the same committed state, as after a worker restart: this handle's
+        uncommitted writes and stream time are not carried over."""
+        return InMemoryWindowStore(self.window_size_ms, self.retention_ms, kv=self._mem.reopen())
 
 
 class InMemorySessionStore(SessionStoreImpl):
     """A session store in process memory (nothing durable beyond the process)."""
 
-    def __init__(self, retention_ms: int) -> None:
-        super().__init__(InMemoryKeyValueStore(), retention_ms)
+    def __init__(self, retention_ms: int, *, kv: InMemoryKeyValueStore | None = None) -> None:
+        self._mem = kv or InMemoryKeyValueStore()
+        super().__init__(self._mem, retention_ms)
+
+    def reopen(self) -> InMemorySessionStore:
+        """A new handle on the same committed state (see InMemoryWindowStore.reopen)."""
+        return InMemorySessionStore(self.retention_ms, kv=self._mem.reopen())
 
 
 class LocalWindowStore(WindowStoreImpl):

@@ -106,13 +106,14 @@ def reconcile(
         )
     if window_size_ms < 0 or retention_ms < 0:
         raise InvalidArgumentError("window size and retention must be non-negative")
-    _check_type_params(name, type_, window_size_ms, retention_ms, existing is None)
     if existing is None:
+        _check_type_params(name, type_, window_size_ms, retention_ms, True)
         return StoreSpec(name, type_, num_partitions or 1, window_size_ms, retention_ms)
     if existing.type != type_:
         raise InvalidArgumentError(
             f"store {name!r} is a {existing.type} store, not a {type_} store"
         )
+    _check_type_params(name, type_, window_size_ms, retention_ms, False)
     if num_partitions and num_partitions != existing.num_partitions:
         raise InvalidArgumentError(
             f"store {name!r} has {existing.num_partitions} partitions, not {num_partitions}"
