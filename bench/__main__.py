@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="record py-spy profiles (collapsed stacks) of the timed phases into "
                         "DIR; summarise with `python -m bench.profile DIR/FILE.txt`")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the brokers and servers a benchmark started are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     failed = 0
     for name in names:

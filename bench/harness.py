@@ -141,6 +141,29 @@ def proc_status_kb(pid: int, field_name: str) -> int:
     raise KeyError(f"{field_name} not in /proc/{pid}/status")
 
 
+def loadavg() -> str:
+    """/proc/loadavg's 1/5/15-minute load averages: other work on the machine skews results."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process plus its
+    reaped children) — sampled at the start and end of a benchmark to tell how much of the
+    machine other work took meanwhile."""
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = 0.0
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # minus idle and iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
 # --- report --------------------------------------------------------------------------------
 @dataclass
 class Goal:
@@ -165,12 +188,25 @@ class Report:
     goals: list[Goal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    load_at_start: str = field(default_factory=loadavg)
+    cpu_at_start: tuple[float, float] = field(default_factory=_cpu_seconds)
 
     def goal(self, name: str, value: float, target: str, unit: str = "x") -> None:
         op, _, bound = target.partition(" ")
         limit = float(bound)
         met = value >= limit if op == ">=" else value <= limit
         self.goals.append(Goal(name, target, value, met, unit))
+
+    def machine_load(self) -> dict[str, Any]:
+        """Average cores busy during the run: all, this benchmark's processes (once reaped),
+        and the rest (other work on the machine, which skews the figures)."""
+        wall = max(time.time() - self.started, 1e-9)
+        busy, own = _cpu_seconds()
+        all_cores = (busy - self.cpu_at_start[0]) / wall
+        own_cores = (own - self.cpu_at_start[1]) / wall
+        return {"loadavg_start": self.load_at_start, "loadavg_end": loadavg(),
+                "busy_cores": round(all_cores, 2), "benchmark_cores": round(own_cores, 2),
+                "other_cores": round(max(0.0, all_cores - own_cores), 2)}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +217,7 @@ class Report:
             "duration_s": round(time.time() - self.started, 2),
             "machine": machine(),
             "revision": revision(),
+            "machine_load": self.machine_load(),
             "params": self.params,
             "results": self.results,
             "ratios": self.ratios,
@@ -207,6 +244,10 @@ class Report:
             lines.append(f"goal {g.name}: {g.value:.3f}{g.unit} (target {g.target}{g.unit}) "
                          f"{state}")
         lines.extend(f"note: {n}" for n in self.notes)
+        ld = self.machine_load()
+        lines.append(f"machine load: {ld['busy_cores']} cores busy on average, "
+                     f"{ld['other_cores']} of them by other processes (loadavg "
+                     f"{ld['loadavg_start']} -> {ld['loadavg_end']})")
         return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ HotTierConfig, which has no command-line flags yet) with a Tansu changelog. Its 
 its RSS when idle with 0 shards (measured right after it starts listening). Then one client
 claims 100 partitions of one store and, round after round, commits 1,000 puts (16-byte keys,
 100-byte values) to every shard and reads 100 committed keys back from each with `get_many`.
-Peak RSS is VmHWM from /proc/PID/status (RSS is also sampled while running).
+Peak RSS is VmHWM from /proc/PID/status, or the highest VmRSS sampled every 50 ms if that is
+higher (the kernel updates VmHWM lazily).
 
 budget = block_cache_bytes + write_buffer_bytes. Goal: peak <= 1.15 x (budget + baseline).
 """
@@ -115,7 +116,7 @@ def run(size: str = "small", profile_dir: Path | None = None) -> Report:
             peak_kb = proc_status_kb(server.pid, "VmHWM")
             for kv in kvs:
                 kv.close()
-    baseline, peak = baseline_kb * 1024, peak_kb * 1024
+    baseline, peak = baseline_kb * 1024, max(peak_kb, sampler.max_kb) * 1024
     allowed = budget + baseline
     ratio = peak / allowed
     rep.columns = ["measure", "MiB"]
@@ -125,11 +126,13 @@ def run(size: str = "small", profile_dir: Path | None = None) -> Report:
         ["budget + baseline", allowed / MiB],
         [f"after opening {shards} shards", opened_kb * 1024 / MiB],
         ["at the end of the load", end_kb * 1024 / MiB],
-        ["peak RSS (VmHWM)", peak / MiB],
+        ["peak RSS (VmHWM)", peak_kb * 1024 / MiB],
         ["peak RSS sampled (VmRSS)", sampler.max_kb * 1024 / MiB],
     ]
+    rep.rows.append(["peak RSS used for the ratio", peak / MiB])
     rep.results = {
         "baseline_bytes": baseline, "budget_bytes": budget, "peak_rss_bytes": peak,
+        "vmhwm_bytes": peak_kb * 1024,
         "sampled_peak_rss_bytes": sampler.max_kb * 1024, "rss_after_open_bytes": opened_kb * 1024,
         "rss_end_bytes": end_kb * 1024, "rss_samples": sampler.samples,
         "per_shard_open_overhead_bytes": (opened_kb - baseline_kb) * 1024 / shards,

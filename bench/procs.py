@@ -45,7 +45,7 @@ class Server:
     def serve(cls, data_dir: Path, *flags: str) -> Server:
         """`tierstore serve` on a free port with `data_dir` and extra flags."""
         cmd = [sys.executable, "-m", "tierstore", "serve", "--listen", "127.0.0.1:0",
-               "--data-dir", str(data_dir), "--log-level", "WARNING", *flags]
+               "--data-dir", str(data_dir), *flags]
         return cls(cmd, data_dir.parent / f"{data_dir.name}-server.log")
 
     def _wait_listening(self, timeout_s: float) -> str:
@@ -114,28 +114,35 @@ def py_spy() -> str | None:
 @contextlib.contextmanager
 def profiled(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
     """While the block runs, record `pid` with py-spy into `out` (collapsed stacks, the "raw"
-    format; summarise with `python -m bench.profile FILE`). Does nothing if `out` is None or
-    py-spy is not installed."""
+    format; summarise with `python -m bench.profile FILE`): `out` samples every thread that is
+    not idle (wall-clock view: includes waiting in C calls), and `<out stem>.gil.txt` only the
+    thread holding the GIL (where Python CPU time goes). Does nothing if `out` is None or py-spy
+    is not installed."""
     exe = py_spy()
     if out is None or exe is None:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen(
-        [exe, "record", "--format", "raw", "--rate", str(rate), "--nonblocking",
-         "-o", str(out), "-p", str(pid)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    spies = [
+        subprocess.Popen(
+            [exe, "record", "--format", "raw", "--rate", str(rate), "--nonblocking",
+             *extra, "-o", str(path), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for path, extra in ((out, []), (out.with_suffix(".gil.txt"), ["--gil"]))
+    ]
     try:
         yield
     finally:
-        if spy.poll() is None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        for spy in spies:
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for spy in spies:
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 def prof_path(profile_dir: Path | None, name: str) -> Path | None:

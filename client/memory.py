@@ -5,24 +5,32 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from tierstore.client.buffered import BufferedKeyValueStore
+from tierstore.client.buffered import BufferedKeyValueStore, Ranges, check_ttl
+from tierstore.client.errors import InvalidArgumentError
 
 
 class InMemoryKeyValueStore(BufferedKeyValueStore):
-    """Committed state in a dict plus a sorted key list; commit swaps in the batch at once."""
+    """Committed state in a dict plus a sorted key list; commit swaps in the batch at once.
 
-    def __init__(self) -> None:
-        super().__init__()
+    `ttl_ms` makes it a TTL store with that default TTL (see `BufferedKeyValueStore`)."""
+
+    def __init__(self, *, ttl_ms: int | None = None) -> None:
+        super().__init__(ttl_ms=0 if ttl_ms is None else check_ttl(ttl_ms))
         self._data: dict[bytes, bytes] = {}
         self._sorted: list[bytes] = []
 
-    def reopen(self) -> InMemoryKeyValueStore:
+    def reopen(self, *, ttl_ms: int | None = None) -> InMemoryKeyValueStore:
         """A new handle on the same committed state, as after a worker restart: this handle's
-        uncommitted writes are not carried over."""
-        other = InMemoryKeyValueStore()
+        uncommitted writes are not carried over. `ttl_ms`, if given, must be the store's."""
+        if ttl_ms is not None and check_ttl(ttl_ms) != self._ttl_ms:
+            raise InvalidArgumentError(
+                f"this store has ttl_ms {self._ttl_ms} (0: no TTL), not {ttl_ms}"
+            )
+        other = InMemoryKeyValueStore(ttl_ms=self._ttl_ms or None)
         other._data = self._data
         other._sorted = self._sorted
         other._offsets = dict(self._offsets)
+        other.clock = self.clock
         return other
 
     def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
@@ -52,16 +60,21 @@ class InMemoryKeyValueStore(BufferedKeyValueStore):
         return len(self._data)
 
     def _backend_commit(
-        self, writes: dict[bytes, bytes | None], offsets: dict[str, int]
+        self, writes: dict[bytes, bytes | None], offsets: dict[str, int], ranges: Ranges
     ) -> dict[str, int]:
-        data = self._data
+        data, keys = self._data, self._sorted
+        for begin, end in ranges:  # first, as everywhere: a bisected slice per range
+            lo, hi = bisect.bisect_left(keys, begin), bisect.bisect_left(keys, end)
+            for k in keys[lo:hi]:
+                del data[k]
+            del keys[lo:hi]  # in place: handles from reopen() share the list
         for k, v in writes.items():
             if v is None:
                 data.pop(k, None)
             else:
                 data[k] = v
         if writes:
-            self._sorted[:] = sorted(data)  # in place: handles from reopen() share it
+            keys[:] = sorted(data)
         merged = dict(self._offsets)
         merged.update(offsets)
         return merged

@@ -9,21 +9,20 @@ to this handle only.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
-from tierstore.client._grpc import rpc, stream, translate
-from tierstore.client.buffered import BufferedKeyValueStore, check_bounds, check_key
+from tierstore.client._grpc import rpc, translate
+from tierstore.client.buffered import BufferedKeyValueStore, Ranges, check_ttl, in_ranges
 from tierstore.client.errors import (
     FencedError,
     StoreClosedError,
     UnavailableError,
 )
-from tierstore.client.partitioner import partition_for
+from tierstore.client.reader import Reader, scan
 from tierstore.client.retention import check_window_params
 from tierstore.client.tls import TLSConfig, channel_security
 from tierstore.client.windowed import SessionStoreImpl, WindowStoreImpl
@@ -82,11 +81,15 @@ class Client:
         *,
         buffer_max_bytes: int = 16 * 1024 * 1024,
         buffer_max_entries: int = 100_000,
+        ttl_ms: int | None = None,
     ) -> RemoteKeyValueStore:
-        """Claim shard (name, partition); creates the store on its first claim."""
+        """Claim shard (name, partition); creates the store on its first claim. `ttl_ms` makes
+        a new store a TTL store with that default TTL (a per-put `ttl_ms` overrides it); a later
+        claim may omit it, and one giving a different TTL gets InvalidArgumentError."""
         return RemoteKeyValueStore(
             self, name, partition, num_partitions or 0,
             buffer_max_bytes=buffer_max_bytes, buffer_max_entries=buffer_max_entries,
+            ttl_ms=0 if ttl_ms is None else check_ttl(ttl_ms),
         )
 
     def window_store(
@@ -173,6 +176,15 @@ def connect(
 
 
 class RemoteKeyValueStore(BufferedKeyValueStore):
+    """A claimed shard on a server. Expired TTL entries are swept by the server, so the client
+    does not sweep at commit (`sweep_expired` still works, through a scan).
+
+    Range deletes are not staged (Stage carries none): while one is pending, writes inside its
+    range stay in this buffer until the commit, which the server applies as staged writes,
+    then the ranges, then the commit's own batch (docs/protocol.md)."""
+
+    sweep_interval_s = None
+
     def __init__(
         self,
         client: Client,
@@ -185,6 +197,7 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         store_type: pb.StoreType.ValueType = pb.STORE_TYPE_KV,
         window_size_ms: int = 0,
         retention_ms: int = 0,
+        ttl_ms: int = 0,
     ) -> None:
         super().__init__()
         self._type = store_type
@@ -195,17 +208,18 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         self._buf_max_entries = buffer_max_entries
         self._buf_bytes = 0
         self._staged = 0
-        resp = self._open(num_partitions, window_size_ms, retention_ms)
+        resp = self._open(num_partitions, window_size_ms, retention_ms, ttl_ms)
         self.epoch: int = resp.epoch
         self.num_partitions: int = resp.spec.num_partitions
         self.window_size_ms: int = resp.spec.window_size_ms
         self.retention_ms: int = resp.spec.retention_ms
+        self._ttl_ms = int(resp.spec.ttl_ms)
         self._seq: int = resp.last_commit_seq
         self._offsets = dict(resp.committed_offsets)
 
     @rpc
     def _open(
-        self, num_partitions: int, window_size_ms: int, retention_ms: int
+        self, num_partitions: int, window_size_ms: int, retention_ms: int, ttl_ms: int
     ) -> pb.OpenResponse:
         if self.partition < 0:
             from tierstore.client.errors import InvalidArgumentError
@@ -215,7 +229,7 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             pb.OpenRequest(
                 store=self.name, partition=self.partition, type=self._type,
                 num_partitions=num_partitions, window_size_ms=window_size_ms,
-                retention_ms=retention_ms,
+                retention_ms=retention_ms, ttl_ms=ttl_ms,
             ),
             timeout=max(self._c.timeout_s, 600), metadata=self._c.metadata,
         )
@@ -235,8 +249,8 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
     def _backend_scan(
         self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        return _scan(self._c, self.name, self.partition, self.epoch, from_key, to_key, prefix,
-                     reverse)
+        return scan(self._c, self.name, self.partition, self.epoch, from_key, to_key, prefix,
+                    reverse)
 
     @rpc
     def _backend_count(self) -> int:
@@ -255,18 +269,29 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             if actual >= self._buf_max_bytes or len(self._writes) >= self._buf_max_entries:
                 self._stage()
 
-    def _batch(self, writes: dict[bytes, bytes | None]) -> pb.WriteBatch:
+    def _batch(
+        self, writes: dict[bytes, bytes | None], ranges: Ranges | None = None
+    ) -> pb.WriteBatch:
+        ranges = ranges or []
         pk = [k for k, v in writes.items() if v is not None]
         pv = [v for v in writes.values() if v is not None]
         dk = [k for k, v in writes.items() if v is None]
-        return pb.WriteBatch(put_keys=pk, put_values=pv, delete_keys=dk)
+        return pb.WriteBatch(put_keys=pk, put_values=pv, delete_keys=dk,
+                             range_begin=[b for b, _ in ranges], range_end=[e for _, e in ranges])
 
     def _stage(self) -> None:
+        keep: dict[bytes, bytes | None] = {}
+        send = self._writes
+        if self._ranges:  # writes made after a pending range delete wait for the commit
+            keep = {k: v for k, v in send.items() if in_ranges(k, self._ranges)}
+            send = {k: v for k, v in send.items() if k not in keep}
+            if not send:
+                return
         try:
             self._c.stub.Stage(
                 pb.StageRequest(
                     store=self.name, partition=self.partition, epoch=self.epoch,
-                    commit_seq=self._seq + 1, batch=self._batch(self._writes),
+                    commit_seq=self._seq + 1, batch=self._batch(send),
                 ),
                 timeout=self._c.timeout_s, metadata=self._c.metadata,
             )
@@ -276,16 +301,16 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
                 self._closed = True
             raise err from exc
         self._staged += 1
-        self._writes = {}
+        self._writes = keep
         self._buf_bytes = 0
 
     def _backend_commit(
-        self, writes: dict[bytes, bytes | None], offsets: dict[str, int]
+        self, writes: dict[bytes, bytes | None], offsets: dict[str, int], ranges: Ranges
     ) -> dict[str, int]:
         req = pb.CommitRequest(
             store=self.name, partition=self.partition, epoch=self.epoch,
             commit_seq=self._seq + 1, staged_batches=self._staged,
-            batch=self._batch(writes), offsets=offsets,
+            batch=self._batch(writes, ranges), offsets=offsets,
         )
         deadline = time.monotonic() + self._c.timeout_s
         delay = 0.05
@@ -322,102 +347,6 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
 
     def __enter__(self) -> RemoteKeyValueStore:
         return self
-
-
-def _scan(
-    c: Client, store: str, partition: int, epoch: int, from_key: bytes | None,
-    to_key: bytes | None, prefix: bytes | None, reverse: bool,
-) -> Iterator[tuple[bytes, bytes]]:
-    req = pb.ScanRequest(store=store, partition=partition, epoch=epoch, reverse=reverse)
-    if prefix is not None:
-        req.prefix = prefix
-    if from_key is not None:
-        req.from_key = from_key
-    if to_key is not None:
-        req.to_key = to_key
-    pages = stream(c.stub.Scan(req, timeout=None, metadata=c.metadata))
-    for page in pages:
-        yield from zip(page.keys, page.values, strict=True)
-
-
-class Reader:
-    """Reads committed state across all partitions of a store; keys are routed with Kafka's
-    default partitioner (murmur2), and scans are merged across partitions in key order."""
-
-    def __init__(self, client: Client, name: str) -> None:
-        self._c = client
-        self.name = name
-        spec = self._describe()
-        self.num_partitions = int(spec.num_partitions)
-
-    @rpc
-    def _describe(self) -> pb.StoreSpec:
-        resp = self._c.stub.DescribeStore(
-            pb.DescribeStoreRequest(store=self.name), timeout=self._c.timeout_s,
-            metadata=self._c.metadata,
-        )
-        return resp.spec
-
-    def partition_for(self, key: bytes) -> int:
-        return partition_for(key, self.num_partitions)
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.multi_get([key])[0]
-
-    @rpc
-    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        for k in keys:
-            check_key(k)
-        by_part: dict[int, list[int]] = {}
-        for i, k in enumerate(keys):
-            by_part.setdefault(self.partition_for(k), []).append(i)
-        out: list[bytes | None] = [None] * len(keys)
-        for p, idx in by_part.items():
-            resp = self._c.stub.Get(
-                pb.GetRequest(store=self.name, partition=p, keys=[keys[i] for i in idx]),
-                timeout=self._c.timeout_s, metadata=self._c.metadata,
-            )
-            for i, v, f in zip(idx, resp.values, resp.found, strict=True):
-                out[i] = v if f else None
-        return out
-
-    def _merged(
-        self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, bytes]]:
-        if prefix is not None:
-            check_key(prefix, "prefix")
-        else:
-            check_bounds(from_key, to_key)
-        streams = [
-            _scan(self._c, self.name, p, 0, from_key, to_key, prefix, reverse)
-            for p in range(self.num_partitions)
-        ]
-        return heapq.merge(*streams, key=lambda kv: kv[0], reverse=reverse)
-
-    def range(self, from_key: bytes | None, to_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        return self._merged(from_key, to_key, None, False)
-
-    def reverse_range(
-        self, from_key: bytes | None, to_key: bytes | None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        return self._merged(from_key, to_key, None, True)
-
-    def prefix_scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return self._merged(None, None, prefix, False)
-
-    def all(self) -> Iterator[tuple[bytes, bytes]]:
-        return self._merged(None, None, None, False)
-
-    @rpc
-    def approximate_num_entries(self) -> int:
-        total = 0
-        for p in range(self.num_partitions):
-            resp = self._c.stub.Count(
-                pb.CountRequest(store=self.name, partition=p), timeout=self._c.timeout_s,
-                metadata=self._c.metadata,
-            )
-            total += int(resp.approximate_num_entries)
-        return total
 
 
 __all__ = ["Client", "Reader", "RemoteKeyValueStore", "StoreClosedError", "connect"]

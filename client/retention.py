@@ -22,21 +22,25 @@ end) is *expired* once ``t <= stream_time - retention_ms``; Kafka Streams hides 
   either visible or dropped, never stored but hidden.
 - Stream time is stored under a metadata key (`windowkeys.STREAM_TIME_KEY`) written in the same
   commit as the data, so it survives reopen, restore and failover together with the entries.
-- Physical removal happens at commit: when the expiry bound has moved into a new segment
-  (``segment_interval_ms``, by default ``max(retention_ms // 2, 60_000)`` as in Kafka Streams),
-  the commit also deletes every expired entry, so removal advances in segment steps and the
-  tombstones go through the changelog like any other delete.
-
-  TODO(issue 4): this purge scans the whole data range of the shard (the encoding is key-major,
-  so expired entries are spread over all keys) and deletes key by key. The issue asks for whole
-  segments dropped with one delete-range or column-family drop: that needs the server's hot
-  tier to place keys into per-segment column families by the time suffix at a fixed offset from
-  the end of each key (see windowkeys), plus a "segment dropped" record in the changelog
-  protocol so that restore and compaction agree with the drop.
+- Physical removal is by whole segments (``segment_interval_ms``, derived from the retention by
+  `tierstore.windowkeys.segment_interval_ms`: ``max(retention_ms // 2, 60_000)`` as in Kafka
+  Streams). Keys are segment-first, so a segment is one contiguous key range: when stream time
+  has expired one or more whole segments since the last drop, the commit carries ONE range
+  delete covering them (`BufferedKeyValueStore.delete_range`), atomic with the commit. No scan
+  is involved. An entry in a segment that is only partly expired stays on disk, hidden, until
+  its whole segment expires (at most one segment interval later), as in Kafka Streams.
+- Range deletes are not written to the changelog (Kafka cannot express them): the server's
+  restore re-derives them from the stream time, which is (server/segments.py,
+  docs/protocol.md).
+- Reads iterate only the live segments overlapping the query: segments expired by stream time
+  are skipped, and no entry is newer than stream time, so a query touches at most
+  ``retention / segment_interval + 2`` segments (3 with the default rule), whatever the
+  history. Results across segments are merged back into (key, time) order.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -44,8 +48,6 @@ from typing import Any
 from tierstore import windowkeys as wk
 from tierstore.client.buffered import MAX_KEY_BYTES, BufferedKeyValueStore, check_key
 from tierstore.client.errors import InvalidArgumentError
-
-MIN_SEGMENT_INTERVAL_MS = 60_000
 
 
 def check_time(t: int, what: str) -> int:
@@ -116,27 +118,16 @@ def _describe(spec: dict[str, Any]) -> str:
 
 
 class TimedStore:
-    """What window and session stores share: stream time, retention, purge, commit."""
+    """What window and session stores share: stream time, retention, segments, purge, commit."""
 
     _overhead = 0
 
-    def __init__(
-        self, kv: BufferedKeyValueStore, spec: dict[str, Any], retention_ms: int,
-        segment_interval_ms: int | None,
-    ) -> None:
-        if segment_interval_ms is not None and segment_interval_ms <= 0:
-            raise InvalidArgumentError(
-                f"segment_interval_ms must be > 0, got {segment_interval_ms}"
-            )
+    def __init__(self, kv: BufferedKeyValueStore, spec: dict[str, Any], retention_ms: int) -> None:
         self._kv = kv
         self.retention_ms = retention_ms
-        self.segment_interval_ms = segment_interval_ms or max(
-            retention_ms // 2, MIN_SEGMENT_INTERVAL_MS
-        )
+        self.segment_interval_ms = wk.segment_interval_ms(retention_ms)
         self.dropped_records = 0
-        st, purged, stored_spec = kv.get_many(
-            [wk.STREAM_TIME_KEY, wk.PURGED_THROUGH_KEY, wk.SPEC_KEY]
-        )
+        st, stored_spec = kv.get_many([wk.STREAM_TIME_KEY, wk.SPEC_KEY])
         if stored_spec is None:
             kv.put(wk.SPEC_KEY, json.dumps(spec, sort_keys=True).encode())
         else:
@@ -147,7 +138,8 @@ class TimedStore:
                 )
         self._stream_time = -1 if st is None else wk.decode_time(st)
         self._committed_stream_time = self._stream_time
-        self._purged_through = -1 if purged is None else wk.decode_time(purged)
+        # Every segment below this one was dropped by the commit that expired it.
+        self._dropped_below = self._first_live()
 
     # --- shared surface -------------------------------------------------------------------
     @property
@@ -173,40 +165,55 @@ class TimedStore:
         """Entries with time <= this are expired (negative: nothing is)."""
         return self._stream_time - self.retention_ms
 
+    def _first_live(self) -> int:
+        return wk.first_live_segment(self._stream_time, self.retention_ms,
+                                     self.segment_interval_ms)
+
     def _advance(self, t: int) -> None:
         if t > self._stream_time:
             self._stream_time = t
 
-    def _entry_time(self, encoded: bytes) -> int:
-        raise NotImplementedError
+    def _segments(self, time_from_ms: int, time_to_ms: int) -> tuple[range, int, int]:
+        """The segments that can hold live entries with time in [from, to], and the time bounds
+        clamped to what is live (empty when nothing is): not expired, not beyond stream time."""
+        lo = max(time_from_ms, self._expired_through() + 1)
+        hi = min(time_to_ms, self._stream_time)
+        return wk.live_segments(lo, hi, self.segment_interval_ms), lo, hi
+
+    def _merge(
+        self, scans: list[Iterator[tuple[bytes, bytes]]], reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Scans of several segments, merged into the order of the bytes after the segment
+        prefix, which is (key, time) order (tierstore.windowkeys)."""
+        if len(scans) == 1:
+            return scans[0]
+        if reverse:
+            scans = scans[::-1]
+        n = wk.SEGMENT_PREFIX_LEN
+        return heapq.merge(*scans, key=lambda kv: kv[0][n:], reverse=reverse)
 
     def _purge(self) -> int | None:
-        """Stage deletes of every expired entry if the expiry bound entered a new segment since
-        the last purge; return the new purge mark, or None if no purge was due."""
-        bound = self._expired_through()
-        seg = self.segment_interval_ms
-        if bound < 0 or bound // seg <= self._purged_through // seg:
+        """Stage ONE range delete of every segment expired since the last drop; return the new
+        first live segment, or None if no segment expired."""
+        new = self._first_live()
+        if new <= self._dropped_below:
             return None
-        doomed = [k for k, _ in self._kv.range(wk.DATA_LO, wk.DATA_HI)
-                  if self._entry_time(k) <= bound]
-        for k in doomed:
-            self._kv.put(k, None)  # put(None), not delete(): no read of the old value
-        self._kv.put(wk.PURGED_THROUGH_KEY, wk.encode_time(bound))
-        return bound
+        self._kv.delete_range(wk.segment_prefix(self._dropped_below), wk.segment_prefix(new))
+        return new
 
     def commit(self, offsets: dict[str, int] | None = None) -> dict[str, int]:
         """Make every write since the last commit, the stream time and `offsets` durable
-        together, all or nothing, after staging the deletes of expired entries when a purge is
-        due. Failures are those of the key-value store's commit (a remote UnavailableError
+        together, all or nothing, with the drop of the segments that expired since the last
+        drop. Failures are those of the key-value store's commit (a remote UnavailableError
         leaves the outcome unknown: reopen and resume from `committed_offsets`)."""
         st = self._stream_time
         if st != self._committed_stream_time:
             self._kv.put(wk.STREAM_TIME_KEY, wk.encode_time(st))
-        purged = self._purge()
+        dropped = self._purge()
         result = self._kv.commit(offsets)
         self._committed_stream_time = st
-        if purged is not None:
-            self._purged_through = purged
+        if dropped is not None:
+            self._dropped_below = dropped
         return result
 
     def close(self) -> None:
@@ -215,5 +222,3 @@ class TimedStore:
 
     def _scan(self, lo: bytes, hi: bytes, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         return self._kv.reverse_range(lo, hi) if reverse else self._kv.range(lo, hi)
-
-

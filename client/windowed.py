@@ -10,10 +10,15 @@ and the store's stream time, all or nothing. Stream time and retention: see
 Windows need not be aligned to the window size: any non-negative start is accepted, so hopping
 windows work (aligning is the processor's business, as in Kafka Streams).
 
-Keys: the *encoded* key must fit the 64 KiB key limit. Encoding adds 11 bytes (window) or 19
-(session) and doubles each 0x00 byte, so a key without 0x00 bytes may be up to 65525 / 65517
-bytes, and any key of up to 32758 bytes fits; a longer one is refused with InvalidArgumentError
+Keys: the *encoded* key must fit the 64 KiB key limit. Encoding adds 19 bytes (window) or 27
+(session) and doubles each 0x00 byte, so a key without 0x00 bytes may be up to 65517 / 65509
+bytes, and any key of up to 32754 bytes fits; a longer one is refused with InvalidArgumentError
 naming both sizes.
+
+Reads visit only the live segments overlapping the query (see `tierstore.client.retention`):
+one exact key range per segment for a single key (`fetch`, `find_sessions`), concatenated in
+segment order, which for one key is time order; and one range per segment for key ranges
+(`fetch_range`, `fetch_all`, `find_sessions_range`), merged with heapq into (key, time) order.
 """
 
 from __future__ import annotations
@@ -44,16 +49,15 @@ class WindowStoreImpl(TimedStore):
     _overhead = wk.WINDOW_OVERHEAD
 
     def __init__(
-        self, kv: BufferedKeyValueStore, window_size_ms: int, retention_ms: int, *,
-        segment_interval_ms: int | None = None,
+        self, kv: BufferedKeyValueStore, window_size_ms: int, retention_ms: int
     ) -> None:
         check_window_params(window_size_ms, retention_ms)
         self.window_size_ms = window_size_ms
         spec = {"type": "window", "window_size_ms": window_size_ms, "retention_ms": retention_ms}
-        super().__init__(kv, spec, retention_ms, segment_interval_ms)
+        super().__init__(kv, spec, retention_ms)
 
-    def _entry_time(self, encoded: bytes) -> int:
-        return wk.window_time(encoded)
+    def _key(self, key: bytes, t: int) -> bytes:
+        return wk.window_key(key, t, self.segment_interval_ms)
 
     def put(self, key: bytes, value: bytes | None, window_start_ms: int) -> None:
         """Put the value of window (key, start); None deletes it. A put into an expired window
@@ -62,12 +66,12 @@ class WindowStoreImpl(TimedStore):
         t = check_time(window_start_ms, "window_start_ms")
         check_value(value)
         if value is None:
-            self._kv.put(wk.window_key(key, t), None)
+            self._kv.put(self._key(key, t), None)
             return
         if t <= max(self._stream_time, t) - self.retention_ms:
             self.dropped_records += 1
             return
-        self._kv.put(wk.window_key(key, t), value)
+        self._kv.put(self._key(key, t), value)
         self._advance(t)
 
     def fetch_window(self, key: bytes, window_start_ms: int) -> bytes | None:
@@ -76,7 +80,7 @@ class WindowStoreImpl(TimedStore):
         t = check_time(window_start_ms, "window_start_ms")
         if t <= self._expired_through():
             return None
-        return self._kv.get(wk.window_key(key, t))
+        return self._kv.get(self._key(key, t))
 
     def fetch(self, key: bytes, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[int, bytes]]:
         """(window_start_ms, value) of `key`'s windows starting in [from, to], in time order."""
@@ -92,12 +96,18 @@ class WindowStoreImpl(TimedStore):
         self, key: bytes, time_from_ms: int, time_to_ms: int, reverse: bool
     ) -> Iterator[tuple[int, bytes]]:
         check_user_key(key, self._overhead)
-        lo_t, hi_t = check_times(time_from_ms, time_to_ms)
-        lo_t = max(lo_t, self._expired_through() + 1)
-        if lo_t > hi_t:
-            return iter(())
-        lo, hi = wk.window_range(key, lo_t, hi_t)
-        return ((wk.window_time(k), v) for k, v in self._scan(lo, hi, reverse))
+        segs, lo_t, hi_t = self._segments(*check_times(time_from_ms, time_to_ms))
+        return ((wk.window_time(k), v) for k, v in self._per_segment(key, segs, lo_t, hi_t,
+                                                                      reverse))
+
+    def _per_segment(
+        self, key: bytes, segs: range, lo_t: int, hi_t: int, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """One key's windows, segment after segment: for one key that is time order."""
+        for seg in (reversed(segs) if reverse else segs):
+            first, last = wk.segment_span(seg, self.segment_interval_ms)
+            lo, hi = wk.window_range(key, seg, max(lo_t, first), min(hi_t, last))
+            yield from self._scan(lo, hi, reverse)
 
     def fetch_range(
         self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
@@ -113,8 +123,7 @@ class WindowStoreImpl(TimedStore):
 
     def fetch_all(self, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[bytes, int, bytes]]:
         """(key, window_start_ms, value) of every window starting in [from, to], in (key, start)
-        order. This reads every window of the shard and filters by time (the encoding is
-        key-major)."""
+        order. This reads the live segments overlapping [from, to] whole and filters by time."""
         return self._fetch_keys(None, None, time_from_ms, time_to_ms, False)
 
     def backward_fetch_all(
@@ -131,12 +140,16 @@ class WindowStoreImpl(TimedStore):
         reverse: bool,
     ) -> Iterator[tuple[bytes, int, bytes]]:
         check_key_range(key_from, key_to, self._overhead)
-        lo_t, hi_t = check_times(time_from_ms, time_to_ms)
-        lo_t = max(lo_t, self._expired_through() + 1)
-        if lo_t > hi_t:
+        segs, lo_t, hi_t = self._segments(*check_times(time_from_ms, time_to_ms))
+        if not segs:
             return iter(())
-        lo, hi = wk.window_key_range(key_from, key_to, lo_t, hi_t)
-        return self._filter(self._scan(lo, hi, reverse), lo_t, hi_t)
+        scans = []
+        for seg in segs:
+            first, last = wk.segment_span(seg, self.segment_interval_ms)
+            lo, hi = wk.window_key_range(key_from, key_to, seg, max(lo_t, first),
+                                         min(hi_t, last))
+            scans.append(self._scan(lo, hi, reverse))
+        return self._filter(self._merge(scans, reverse), lo_t, hi_t)
 
     @staticmethod
     def _filter(
@@ -160,16 +173,13 @@ class SessionStoreImpl(TimedStore):
 
     _overhead = wk.SESSION_OVERHEAD
 
-    def __init__(
-        self, kv: BufferedKeyValueStore, retention_ms: int, *,
-        segment_interval_ms: int | None = None,
-    ) -> None:
+    def __init__(self, kv: BufferedKeyValueStore, retention_ms: int) -> None:
         check_session_params(retention_ms)
         spec = {"type": "session", "retention_ms": retention_ms}
-        super().__init__(kv, spec, retention_ms, segment_interval_ms)
+        super().__init__(kv, spec, retention_ms)
 
-    def _entry_time(self, encoded: bytes) -> int:
-        return wk.session_times(encoded)[1]
+    def _key(self, key: bytes, s: int, e: int) -> bytes:
+        return wk.session_key(key, s, e, self.segment_interval_ms)
 
     def _session(self, key: bytes, start_ms: int, end_ms: int) -> tuple[int, int]:
         check_user_key(key, self._overhead)
@@ -184,25 +194,25 @@ class SessionStoreImpl(TimedStore):
         s, e = self._session(key, start_ms, end_ms)
         check_value(value)
         if value is None:
-            self._kv.put(wk.session_key(key, s, e), None)
+            self._kv.put(self._key(key, s, e), None)
             return
         if e <= max(self._stream_time, e) - self.retention_ms:
             self.dropped_records += 1
             return
-        self._kv.put(wk.session_key(key, s, e), value)
+        self._kv.put(self._key(key, s, e), value)
         self._advance(e)
 
     def remove(self, key: bytes, start_ms: int, end_ms: int) -> None:
         """Remove session [start, end] of `key` (nothing happens if there is none)."""
         s, e = self._session(key, start_ms, end_ms)
-        self._kv.put(wk.session_key(key, s, e), None)
+        self._kv.put(self._key(key, s, e), None)
 
     def fetch_session(self, key: bytes, start_ms: int, end_ms: int) -> bytes | None:
         """The value of session [start, end] of `key`, or None (absent or expired)."""
         s, e = self._session(key, start_ms, end_ms)
         if e <= self._expired_through():
             return None
-        return self._kv.get(wk.session_key(key, s, e))
+        return self._kv.get(self._key(key, s, e))
 
     def find_sessions(
         self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
@@ -225,10 +235,19 @@ class SessionStoreImpl(TimedStore):
         self, key: bytes, earliest_end: int, latest_start: int, reverse: bool
     ) -> Iterator[tuple[int, int, bytes]]:
         check_user_key(key, self._overhead)
-        e0 = max(check_time(earliest_end, "earliest_session_end_ms"), self._expired_through() + 1)
+        e0 = check_time(earliest_end, "earliest_session_end_ms")
         s1 = check_time(latest_start, "latest_session_start_ms")
-        lo, hi = wk.session_find_range(key, e0)
-        return self._filter_one(self._scan(lo, hi, reverse), s1)
+        segs, e0, _ = self._segments(e0, wk.MAX_TIME)
+        return self._filter_one(self._per_segment(key, segs, e0, reverse), s1)
+
+    def _per_segment(
+        self, key: bytes, segs: range, e0: int, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """One key's sessions, segment after segment (by end): (end, start) order."""
+        for seg in (reversed(segs) if reverse else segs):
+            first = wk.segment_span(seg, self.segment_interval_ms)[0]
+            lo, hi = wk.session_find_range(key, seg, max(e0, first))
+            yield from self._scan(lo, hi, reverse)
 
     @staticmethod
     def _filter_one(
@@ -262,10 +281,17 @@ class SessionStoreImpl(TimedStore):
         latest_start: int, reverse: bool,
     ) -> Iterator[tuple[bytes, int, int, bytes]]:
         check_key_range(key_from, key_to, self._overhead)
-        e0 = max(check_time(earliest_end, "earliest_session_end_ms"), self._expired_through() + 1)
+        e0 = check_time(earliest_end, "earliest_session_end_ms")
         s1 = check_time(latest_start, "latest_session_start_ms")
-        lo, hi = wk.session_key_range(key_from, key_to, e0)
-        return self._filter_keys(self._scan(lo, hi, reverse), e0, s1)
+        segs, e0, _ = self._segments(e0, wk.MAX_TIME)
+        if not segs:
+            return iter(())
+        scans = []
+        for seg in segs:
+            first = wk.segment_span(seg, self.segment_interval_ms)[0]
+            lo, hi = wk.session_key_range(key_from, key_to, seg, max(e0, first))
+            scans.append(self._scan(lo, hi, reverse))
+        return self._filter_keys(self._merge(scans, reverse), e0, s1)
 
     @staticmethod
     def _filter_keys(

@@ -9,21 +9,28 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tierstore.server.auth import AuthInterceptor, TokenTable
 from tierstore.server.config import ServerConfig
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
 from tierstore.server.servicer import SERVICE_NAME, generic_handler
+from tierstore.server.tls import server_credentials
 from tierstore.v1 import store_pb2
+
+if TYPE_CHECKING:
+    from tierstore.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
 
-def build_service(cfg: ServerConfig) -> StoreService:
+def build_service(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> StoreService:
+    """The service with its adapters; with `metrics`, the changelog appends are timed."""
     from tierstore.server.objectstore import open_object_store
 
     objects = open_object_store(cfg.object_store_url(), cfg.s3_endpoint or None)
@@ -34,6 +41,8 @@ def build_service(cfg: ServerConfig) -> StoreService:
         changelog = KafkaChangelog(
             KafkaConfig(bootstrap=cfg.kafka_bootstrap, topic_prefix=cfg.kafka_topic_prefix)
         )
+        if metrics is not None:
+            changelog = metrics.wrap_changelog(changelog)
     return StoreService(cfg, objects, changelog)
 
 
@@ -44,6 +53,7 @@ class RunningServer:
     service: StoreService
     health: health.HealthServicer
     host: str
+    metrics: ServerMetrics | None = None  # with cfg.metrics_listen; metrics.port is the real port
 
     def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful shutdown: NOT_SERVING, drain in-flight calls, snapshot, flush, close."""
@@ -52,22 +62,45 @@ class RunningServer:
         g = self.service.cfg.shutdown_grace_s if grace is None else grace
         self.server.stop(g).wait()
         self.service.shutdown(snapshot=snapshot)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def create_server(cfg: ServerConfig, service: StoreService | None = None) -> RunningServer:
-    """Build and start the server on cfg.listen; returns it with the real port (port 0 works)."""
+    """Build and start the server on cfg.listen; returns it with the real port (port 0 works).
+
+    With cfg.tls_cert/tls_key the port speaks TLS only (mTLS with tls_client_ca); with
+    cfg.auth_tokens every StateStore call needs a bearer token (tierstore.server.auth). A bad
+    TLS or token file raises ConfigError before anything is opened; a port that cannot be bound
+    raises OSError after the service is shut down again."""
     host, port = cfg.listen_host_port()
-    svc = service or build_service(cfg)
+    creds = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    interceptors = [AuthInterceptor(TokenTable.load(cfg.auth_tokens))] if cfg.auth_tokens else []
+    metrics_at = cfg.metrics_host_port()
+    metrics = _metrics() if metrics_at is not None else None
+    svc = service or build_service(cfg, metrics)
+    if metrics is not None and metrics_at is not None:
+        metrics.attach(svc)
+        try:
+            metrics.serve(*metrics_at)
+        except OSError as exc:
+            svc.shutdown(snapshot=False)
+            raise OSError(f"metrics_listen: cannot listen on {cfg.metrics_listen}: {exc}") from exc
+        log.info("metrics on http://%s:%d/metrics", metrics_at[0], metrics.port)
     opts = [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers, thread_name_prefix="rpc"),
         options=opts,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
     )
-    server.add_generic_rpc_handlers((generic_handler(svc),))
+    observe = metrics.observe_rpc if metrics is not None else None
+    server.add_generic_rpc_handlers((generic_handler(svc, observe),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -77,14 +110,27 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        bound = (server.add_secure_port(address, creds) if creds is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError:
+        bound = 0
     if bound == 0:
         svc.shutdown(snapshot=False)
+        if metrics is not None:
+            metrics.close()
         raise OSError(f"cannot listen on {cfg.listen}")
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, svc, health_servicer, host)
+    return RunningServer(server, bound, svc, health_servicer, host, metrics)
+
+
+def _metrics() -> ServerMetrics:
+    from tierstore.server.metrics import ServerMetrics
+
+    return ServerMetrics()
 
 
 def serve(cfg: ServerConfig) -> int:

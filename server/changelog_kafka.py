@@ -16,92 +16,31 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tierstore.server.errors import ChangelogError, InvalidArgumentError
+from tierstore.server.kafkaconfig import KafkaConfig, MiB
 from tierstore.server.ports import ChangelogRecord, Header
 
 _log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-_WEEK_MS = 7 * 24 * 3600 * 1000
+__all__ = ["KafkaChangelog", "KafkaConfig", "MiB"]
+
 _EOF = KafkaError._PARTITION_EOF
 _STORE_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _DELIVERY_GRACE_S = 5.0  # librdkafka scans for timed-out messages about once a second
 _Pages = Generator[list[ChangelogRecord], None, None]
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaConfig:
-    """Connection, topic and client settings. Times are milliseconds, sizes bytes."""
-
-    bootstrap: str
-    topic_prefix: str = "tierstore-"
-    replication_factor: int = -1  # -1: the broker's default.replication.factor
-    min_compaction_lag_ms: int = _WEEK_MS
-    delete_retention_ms: int = _WEEK_MS
-    max_message_bytes: int = 9 * MiB + 64 * 1024  # 8 MiB value + 64 KiB key + headers, framing
-    linger_ms: int = 0  # measured best: an append waits for its own acks, batches form anyway
-    batch_size: int = 4 * MiB
-    batch_num_messages: int = 10_000
-    compression_type: str = "none"
-    message_timeout_ms: int = 30_000  # bounds one append's wait for its acknowledgements
-    request_timeout_ms: int = 10_000
-    admin_timeout_ms: int = 30_000
-    fetch_wait_max_ms: int = 10  # a fetch at the end waits this long: the latency of EOF (>= 1)
-    fetch_max_bytes: int = 64 * MiB
-    read_page_records: int = 1_000
-    read_idle_timeout_ms: int = 30_000  # a read with neither a record nor EOF this long fails
-    client_id: str = "tierstore"
-    extra: tuple[tuple[str, str], ...] = ()  # for all clients, e.g. (("security.protocol", "SSL"),)
-
-    def _with(self, settings: dict[str, Any]) -> dict[str, Any]:
-        # no auto-creation: the admin client is a producer inside, whose default is true
-        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id,
-                "allow.auto.create.topics": False, **settings, **dict(self.extra)}
-
-    def to_confluent_producer(self) -> dict[str, Any]:
-        return self._with({
-            "enable.idempotence": True,  # acks=all, ordered retries without duplicates
-            "acks": "all",
-            "linger.ms": self.linger_ms,
-            "batch.size": self.batch_size,
-            "batch.num.messages": self.batch_num_messages,
-            "compression.type": self.compression_type,
-            "message.max.bytes": self.max_message_bytes,
-            "message.timeout.ms": self.message_timeout_ms,
-            "request.timeout.ms": min(self.request_timeout_ms, self.message_timeout_ms),
-        })
-
-    def to_confluent_consumer(self) -> dict[str, Any]:
-        return self._with({
-            "group.id": f"{self.client_id}-changelog-reader",  # required by the client; unused
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",  # an offset outside the log is an error, not a jump
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": self.fetch_wait_max_ms,
-            "max.partition.fetch.bytes": max(self.max_message_bytes, self.fetch_max_bytes // 4),
-            "fetch.max.bytes": self.fetch_max_bytes,
-            "fetch.queue.backoff.ms": 10,  # the default 1 s stalls long reads (4x slower)
-            "receive.message.max.bytes": self.fetch_max_bytes + self.max_message_bytes + MiB,
-        })
-
-    def to_admin(self) -> dict[str, Any]:
-        return self._with({})
-
-    def topic_configs(self) -> dict[str, str]:
-        return {
-            "cleanup.policy": "compact",
-            "min.compaction.lag.ms": str(self.min_compaction_lag_ms),
-            "delete.retention.ms": str(self.delete_retention_ms),
-            "max.message.bytes": str(self.max_message_bytes),
-        }
 
 
 def _describe(err: KafkaError) -> str:
@@ -157,11 +96,13 @@ class KafkaChangelog:
             raise InvalidArgumentError(f"invalid store name {store!r}")
         return f"{self._cfg.topic_prefix}{store}-changelog"
 
-    def ensure_topic(self, store: str, num_partitions: int) -> None:
-        """Create the store's compacted topic if missing, then check in the broker's metadata
-        that it has `num_partitions` partitions. Idempotent and thread-safe; the count is cached.
-        Raises ChangelogError if the counts differ or the broker cannot be reached within
-        admin_timeout_ms (the topic may then exist or not: calling again is safe)."""
+    def ensure_topic(self, store: str, num_partitions: int,
+                     retention_ms: int | None = None) -> None:
+        """Create the store's compacted topic if missing (with `retention_ms`, also deleting
+        records older than that: cleanup.policy=compact,delete), then check in the broker's
+        metadata that it has `num_partitions` partitions. Idempotent and thread-safe; the count
+        is cached. Raises ChangelogError if the counts differ or the broker cannot be reached
+        within admin_timeout_ms (the topic may then exist or not: calling again is safe)."""
         topic = self.topic_for(store)
         if num_partitions < 1:
             raise InvalidArgumentError(f"num_partitions must be >= 1, got {num_partitions}")
@@ -171,16 +112,17 @@ class KafkaChangelog:
             with self._topic_lock:
                 known = self._known.get(topic)
                 if known is None:
-                    known = self._known[topic] = self._create_topic(topic, num_partitions)
+                    known = self._known[topic] = self._create_topic(topic, num_partitions,
+                                                                    retention_ms)
         if known != num_partitions:
             raise ChangelogError(
                 f"changelog topic {topic} has {known} partitions, but {num_partitions} were asked"
             )
 
-    def _create_topic(self, topic: str, num_partitions: int) -> int:
+    def _create_topic(self, topic: str, num_partitions: int, retention_ms: int | None) -> int:
         timeout_s = self._cfg.admin_timeout_ms / 1000
         new = NewTopic(topic, num_partitions, self._cfg.replication_factor,
-                       config=self._cfg.topic_configs())
+                       config=self._cfg.topic_configs(retention_ms))
         futures = {}
         try:
             futures = self._get_admin().create_topics([new], operation_timeout=timeout_s,
@@ -374,7 +316,9 @@ class KafkaChangelog:
         idle_s = self._cfg.read_idle_timeout_ms / 1000
         more = self._cfg.read_page_records - 1
         try:
-            consumer.assign([TopicPartition(topic, partition, start)])
+            # From 0, start at the log's beginning: topic retention (window and session stores)
+            # may have deleted the head, which is no error (docs/protocol.md, segment drops).
+            consumer.assign([TopicPartition(topic, partition, start or OFFSET_BEGINNING)])
             deadline = time.monotonic() + idle_s
             while True:
                 # poll() returns as soon as anything is there; consume(n, 0) then takes what is

@@ -1,13 +1,13 @@
-"""Server configuration: one frozen dataclass, read from flags and TIERSTORE_* variables.
+"""Server configuration: one frozen dataclass, read from a TOML file, TIERSTORE_* variables and
+flags (tierstore.server.configload does the reading; FLAGS below is the one table of keys).
 
 Environment variables are read here and only here (at the entry point), never deep inside.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierstore.server.hottier import HotTierConfig
@@ -16,8 +16,22 @@ DEFAULT_LISTEN = "127.0.0.1:7070"
 DEFAULT_DATA_DIR = "./tierstore-data"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# HotTierConfig fields that are configuration keys too (top-level keys, like every other one).
+HOT_KEYS = ("block_cache_bytes", "write_buffer_bytes", "write_buffer_size_per_shard",
+            "max_open_files_per_shard")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key."""
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -39,22 +53,34 @@ class ServerConfig:
     scan_page_size: int = 1000
     grpc_workers: int = 16
     shutdown_grace_s: float = 10.0
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; "" means off
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
+    log_format: str = "text"  # or "json": one JSON object per line
     hot: HotTierConfig = field(default_factory=HotTierConfig)
+    # Security (see tierstore.server.tls and tierstore.server.auth); "" means off.
+    tls_cert: str = ""  # PEM certificate chain: with tls_key, the port speaks only TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
+    auth_tokens: str = ""  # token file (TOML, or JSON for *.json): bearer tokens required
+    # Limits, so that one client cannot exhaust the server (beyond: RESOURCE_EXHAUSTED).
+    max_concurrent_streams: int = 100  # HTTP/2 streams per connection
+    max_concurrent_rpcs: int = 1000  # calls in progress on the whole server
 
     def object_store_url(self) -> str:
         return self.object_store or (self.data_dir / "snapshots").resolve().as_uri()
 
     def listen_host_port(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"listen: expected HOST:PORT, got {self.listen!r}")
-        return host.strip("[]"), int(port)
+        return _host_port("listen", self.listen)
+
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        return _host_port("metrics_listen", self.metrics_listen) if self.metrics_listen else None
 
     def validate(self) -> ServerConfig:
         self.listen_host_port()
         for name in ("snapshot_every_commits", "snapshot_keep", "snapshot_workers",
                      "max_value_bytes", "max_staged_bytes", "max_message_bytes",
-                     "scan_page_size", "grpc_workers"):
+                     "scan_page_size", "grpc_workers", "max_concurrent_streams",
+                     "max_concurrent_rpcs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.snapshot_interval_s <= 0:
@@ -65,10 +91,36 @@ class ServerConfig:
         if not (url.startswith("file://") or url.startswith("s3://")):
             raise ConfigError(f"object_store: expected file:///path or s3://bucket/prefix, got "
                               f"{url!r}")
+        self._check_security_files()
+        self._check_operations()
         return self
 
+    def _check_operations(self) -> None:
+        self.metrics_host_port()
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level: {self.log_level!r} is not one of "
+                              f"{', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format: {self.log_format!r} is not one of "
+                              f"{', '.join(LOG_FORMATS)}")
+        for name in HOT_KEYS:
+            if getattr(self.hot, name) <= 0:
+                raise ConfigError(f"{name}: must be positive, got {getattr(self.hot, name)}")
 
-# Flag name -> (field, converter). Every flag has the env var TIERSTORE_<FIELD upper-cased>.
+    def _check_security_files(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca: needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file {path!r}")
+
+
+# Flag name -> configuration key: a ServerConfig field, one of HOT_KEYS, or "config" (the TOML
+# file). Every flag has the env var TIERSTORE_<KEY upper-cased>; every key but "config" can also
+# be set in the TOML file (see tierstore.server.configload).
 FLAGS: Mapping[str, str] = {
     "--listen": "listen",
     "--data-dir": "data_dir",
@@ -81,6 +133,20 @@ FLAGS: Mapping[str, str] = {
     "--snapshot-keep": "snapshot_keep",
     "--max-value-bytes": "max_value_bytes",
     "--grpc-workers": "grpc_workers",
+    "--tls-cert": "tls_cert",
+    "--tls-key": "tls_key",
+    "--tls-client-ca": "tls_client_ca",
+    "--auth-tokens": "auth_tokens",
+    "--max-concurrent-streams": "max_concurrent_streams",
+    "--max-concurrent-rpcs": "max_concurrent_rpcs",
+    "--max-message-bytes": "max_message_bytes",
+    "--scan-page-size": "scan_page_size",
+    "--config": "config",
+    "--block-cache-bytes": "block_cache_bytes",
+    "--write-buffer-bytes": "write_buffer_bytes",
+    "--metrics-listen": "metrics_listen",
+    "--log-level": "log_level",
+    "--log-format": "log_format",
 }
 
 
@@ -88,31 +154,15 @@ def env_name(field_name: str) -> str:
     return "TIERSTORE_" + field_name.upper()
 
 
-def _convert(name: str, raw: str) -> object:
-    typ = {f.name: f.type for f in fields(ServerConfig)}[name]
-    try:
-        if typ in ("int", int):
-            return int(raw)
-        if typ in ("float", float):
-            return float(raw)
-        if typ in ("Path", Path):
-            return Path(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: cannot parse {raw!r} as {typ}") from exc
-    return raw
-
-
 def load_config(
-    flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None
+    flags: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
 ) -> ServerConfig:
-    """Defaults, then TIERSTORE_* environment variables, then flags (highest precedence)."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for field_name in FLAGS.values():
-        raw = env.get(env_name(field_name))
-        if raw:
-            values[field_name] = _convert(field_name, raw)
-    for field_name, raw in flags.items():
-        if raw is not None:
-            values[field_name] = _convert(field_name, str(raw))
-    return ServerConfig(**values).validate()  # type: ignore[arg-type]
+    """Defaults, then the TOML file (`config_file`, else flags["config"], else TIERSTORE_CONFIG),
+    then TIERSTORE_* environment variables, then flags (highest precedence). `flags` maps keys
+    (the values of FLAGS, or any other key) to values; None means not given. Raises ConfigError
+    naming the key on an unknown key or a bad value."""
+    from tierstore.server.configload import resolve_config
+
+    return resolve_config(flags, environ, config_file).config

@@ -42,6 +42,7 @@ K_EPOCH = b"epoch"
 K_COMMIT_SEQ = b"commit_seq"
 K_CHANGELOG_OFFSET = b"changelog_offset"
 K_OFFSETS = b"offsets"
+K_LOCAL_SPEC = b"local_spec"
 
 
 @dataclass(frozen=True)
@@ -210,22 +211,30 @@ class ShardDB:
         meta: ShardMeta,
         *,
         sync: bool,
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Write the data and the shard metadata in one atomic WriteBatch.
 
         With ``sync`` the WAL is fsynced before returning (the durability point when there is no
         changelog). On failure nothing is applied and UnavailableError is raised.
         """
-        self.write_prepared(self.prepare(put_keys, put_values, delete_keys), meta, sync=sync)
+        self.write_prepared(
+            self.prepare(put_keys, put_values, delete_keys, ranges), meta, sync=sync
+        )
 
     def prepare(
         self,
         put_keys: Sequence[bytes],
         put_values: Sequence[bytes],
         delete_keys: Sequence[bytes],
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> WriteBatch:
-        """Build (without writing) the data part of a commit's WriteBatch."""
+        """Build (without writing) the data part of a commit's WriteBatch: the range deletes
+        ``[begin, end)`` first (one range tombstone each, however many keys they cover), then
+        the puts and deletes, which therefore win over the ranges."""
         wb = WriteBatch(raw_mode=True)
+        for begin, end in ranges:
+            wb.delete_range(begin, end)
         put = wb.put
         for k, v in zip(put_keys, put_values, strict=True):
             put(k, v)
@@ -240,10 +249,14 @@ class ShardDB:
         self._write(wb, sync=sync)
 
     def apply_log(
-        self, keys: Sequence[bytes], values: Sequence[bytes | None], meta: ShardMeta
+        self, keys: Sequence[bytes], values: Sequence[bytes | None], meta: ShardMeta,
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Apply changelog records in log order (None deletes) with `meta`, in one WriteBatch."""
+        """Apply changelog records in log order (None deletes) with `meta`, in one WriteBatch,
+        after the range deletes `ranges` (re-derived by restore, never logged)."""
         wb = WriteBatch(raw_mode=True)
+        for begin, end in ranges:
+            wb.delete_range(begin, end)
         put = wb.put
         delete = wb.delete
         for k, v in zip(keys, values, strict=True):
@@ -270,8 +283,27 @@ class ShardDB:
     def delete_range(self, begin: bytes, end: bytes) -> None:
         self._db.delete_range(begin, end)
 
+    def compact(self) -> None:
+        """Compact the whole data key space now (RocksDB does it in the background anyway):
+        range tombstones and the entries they cover leave the files."""
+        self._db.compact_range(None, None)
+
+    def read_local_spec(self) -> dict[str, Any] | None:
+        """The spec an embedded (local) store keeps in its own database; None if not set."""
+        raw = self._meta.get(K_LOCAL_SPEC)
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
+
+    def write_local_spec(self, spec: dict[str, Any]) -> None:
+        self._meta[K_LOCAL_SPEC] = json.dumps(spec, sort_keys=True).encode()
+
     # --- reads ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UnavailableError(f"shard database {self.path} was closed (evicted or moved); "
+                                   "retry")
+
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._check_open()
         return cast("list[bytes | None]", self._db.get(list(keys)))
 
     def get(self, key: bytes) -> bytes | None:
@@ -289,6 +321,7 @@ class ShardDB:
 
         The iterator reads one consistent RocksDB view taken when it starts.
         """
+        self._check_open()
         lower: bytes | None = from_key
         upper: bytes | None = None  # exclusive
         if prefix:

@@ -25,9 +25,12 @@ class ChangelogRecord:
 class Changelog(Protocol):
     """One compacted topic per store, one partition per store partition."""
 
-    def ensure_topic(self, store: str, num_partitions: int) -> None:
-        """Create the store's topic (compacted) if missing; raise ChangelogError if it exists with
-        a different partition count."""
+    def ensure_topic(
+        self, store: str, num_partitions: int, retention_ms: int | None = None
+    ) -> None:
+        """Create the store's topic (compacted; with `retention_ms` also deleting records older
+        than that, for window and session stores) if missing; raise ChangelogError if it exists
+        with a different partition count."""
 
     def append_batch(
         self,

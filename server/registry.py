@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierstore.server.errors import ObjectNotFoundError, StoreNotFoundError
@@ -33,6 +33,25 @@ class LoadReport:
     source: str  # "local", "snapshot", "changelog" or "new"
     snapshot_id: int | None
     replay: ReplayResult | None
+
+
+@dataclass
+class RestoreProgress:
+    """A shard's load, while it runs and after: read by metrics and inspect. Written only by the
+    loading thread (plain attribute updates, so a reader sees a recent value)."""
+
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "download"  # "download" (the snapshot), "replay" (the changelog), "done"
+    bytes_done: int = 0
+    bytes_total: int = 0
+    records: int = 0
+    finished: float | None = None
+
+    def on_bytes(self, done: int, total: int) -> None:
+        self.bytes_done, self.bytes_total = done, total
+
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
 
 
 def _progress_logger(name: str, every_s: float = 5.0) -> Callable[[int], None]:
@@ -71,6 +90,7 @@ class Registry:
         self._shards: dict[tuple[str, int], Shard] = {}
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self.load_reports: dict[tuple[str, int], LoadReport] = {}
+        self.restores: dict[tuple[str, int], RestoreProgress] = {}
         (data_dir / "stores").mkdir(parents=True, exist_ok=True)
         (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(data_dir / "tmp", ignore_errors=True)
@@ -106,17 +126,19 @@ class Registry:
 
     def resolve(
         self, name: str, type_: str, num_partitions: int, window_size_ms: int, retention_ms: int,
-        partition: int | None = None,
+        partition: int | None = None, ttl_ms: int = 0,
     ) -> StoreSpec:
         """The store's spec, creating the store if this is its first claim. With `partition`, a
         partition out of range is refused before anything is created."""
         existing = self.find_spec(name)
-        spec = reconcile(existing, name, type_, num_partitions, window_size_ms, retention_ms)
+        spec = reconcile(existing, name, type_, num_partitions, window_size_ms, retention_ms,
+                         ttl_ms)
         if partition is not None:
             spec.check_partition(partition)
         if existing is None:
             if self.changelog is not None:
-                self.changelog.ensure_topic(name, spec.num_partitions)
+                self.changelog.ensure_topic(name, spec.num_partitions,
+                                            spec.changelog_retention_ms())
             self.objects.put_bytes(f"stores/{name}.json", spec.to_json())
             tmp = self._spec_path(name).with_suffix(".tmp")
             tmp.write_bytes(spec.to_json())
@@ -168,10 +190,12 @@ class Registry:
     def _load(self, spec: StoreSpec, partition: int) -> Shard:
         path = self.shard_dir(spec.name, partition)
         source, snapshot_id = "local", None
+        progress = self.restores[(spec.name, partition)] = RestoreProgress()
         if not (path / "CURRENT").exists():
             shutil.rmtree(path, ignore_errors=True)
             tmp = self.data_dir / "tmp" / f"restore-{uuid.uuid4().hex}"
-            manifest = self.snapshots.restore_latest(spec.name, partition, tmp)
+            manifest = self.snapshots.restore_latest(spec.name, partition, tmp,
+                                                     progress=progress.on_bytes)
             if manifest is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.replace(path)
@@ -185,11 +209,18 @@ class Registry:
         replay: ReplayResult | None = None
         repair: set[bytes] = set()
         if self.changelog is not None:
-            self.changelog.ensure_topic(spec.name, spec.num_partitions)
+            self.changelog.ensure_topic(spec.name, spec.num_partitions,
+                                        spec.changelog_retention_ms())
+            progress.phase = "replay"
+            log_progress = _progress_logger(f"{spec.name}/{partition}")
+
+            def on_records(records: int) -> None:
+                progress.records = records
+                log_progress(records)
+
             try:
                 replay = replay_changelog(
-                    db, self.changelog, spec.name, partition,
-                    progress=_progress_logger(f"{spec.name}/{partition}"),
+                    db, self.changelog, spec.name, partition, progress=on_records, spec=spec,
                 )
             except BaseException:
                 db.close()
@@ -200,6 +231,7 @@ class Registry:
                 spec.name, partition, replay.records_read, replay.batches_applied,
                 replay.seconds, len(repair),
             )
+        progress.phase, progress.finished = "done", time.monotonic()
         self.load_reports[(spec.name, partition)] = LoadReport(source, snapshot_id, replay)
         shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
         if replay is not None:

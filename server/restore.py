@@ -8,6 +8,10 @@ The rules (docs/protocol.md has the argument for each):
    write and is dropped.
 3. Records after the last marker were never committed: they are not applied, and their keys are
    reported so the next owner can overwrite them with their committed values (the "repair").
+4. Window and session stores (given `spec`): segment drops are re-derived, never read from the
+   log. The stream time is tracked as batches are applied; at each marker the segments it
+   expired are range-deleted in the same WriteBatch, before the batch's records, and records of
+   dropped segments are left out (server/segments.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.logproto import MARKER_KEY, header_epoch, parse_marker
 from tierstore.server.ports import Changelog
+from tierstore.server.segments import SegmentDrops
+from tierstore.server.specs import StoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,8 @@ class ReplayResult:
     records_applied: int = 0
     batches_applied: int = 0
     zombie_records: int = 0
+    expired_records: int = 0  # records of dropped segments, skipped
+    segment_drops: int = 0  # range deletes re-derived
     max_epoch: int = 0
     uncommitted_keys: set[bytes] = field(default_factory=set)
     seconds: float = 0.0
@@ -44,10 +52,13 @@ def replay_changelog(
     store: str,
     partition: int,
     progress: Progress | None = None,
+    spec: StoreSpec | None = None,
 ) -> ReplayResult:
     """Apply every committed batch after the database's changelog offset. Crash-safe: each batch
-    is applied with its metadata atomically, so an interrupted replay resumes where it stopped."""
+    is applied with its metadata atomically, so an interrupted replay resumes where it stopped.
+    Without `spec` (or for a kv store) no segment drops are derived."""
     started = time.monotonic()
+    drops = SegmentDrops(spec, db) if spec is not None and spec.windowed else None
     meta = db.read_meta()
     result = ReplayResult(meta=meta, max_epoch=meta.epoch)
     max_epoch = meta.epoch
@@ -69,7 +80,11 @@ def replay_changelog(
                     continue
                 max_epoch = m.epoch
                 meta = ShardMeta(m.epoch, m.seq, rec.offset + 1, m.offsets)
-                _apply(db, pend_keys, pend_values, meta)
+                ranges: list[tuple[bytes, bytes]] = []
+                if drops is not None:
+                    pend_keys, pend_values, ranges = drops.at_marker(pend_keys, pend_values)
+                    result.segment_drops += len(ranges)
+                db.apply_log(pend_keys, pend_values, meta, ranges)
                 result.records_applied += len(pend_keys)
                 result.batches_applied += 1
                 pend_keys, pend_values = [], []
@@ -83,6 +98,8 @@ def replay_changelog(
                 result.zombie_records += 1
                 continue
             max_epoch = last_epoch
+            if drops is not None and drops.skip(rec.key):
+                continue
             pend_keys.append(rec.key)
             pend_values.append(rec.value)
         if progress is not None:
@@ -90,9 +107,6 @@ def replay_changelog(
     result.meta = meta
     result.max_epoch = max_epoch
     result.uncommitted_keys = set(pend_keys)
+    result.expired_records = drops.skipped if drops is not None else 0
     result.seconds = time.monotonic() - started
     return result
-
-
-def _apply(db: ShardDB, keys: list[bytes], values: list[bytes | None], meta: ShardMeta) -> None:
-    db.apply_log(keys, values, meta)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
+from tierstore import ttl as ttlcodec
 from tierstore.server.config import ServerConfig
-from tierstore.server.errors import InvalidArgumentError, UnavailableError
+from tierstore.server.errors import InvalidArgumentError, StateStoreError, UnavailableError
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.ports import Changelog, ObjectStore
 from tierstore.server.registry import Registry
@@ -18,8 +20,11 @@ from tierstore.server.shard import CommitResult, Shard, ShardLimits
 from tierstore.server.snapshots import Manifest, SnapshotStore
 from tierstore.server.snapshotter import SnapshotPolicy, Snapshotter
 from tierstore.server.specs import StoreSpec
+from tierstore.server.status import ServerStatus, server_status
 
 log = logging.getLogger(__name__)
+
+TTL_SWEEP_GRACE_MS = 5_000  # the server sweeps an entry this long after its expiry
 
 
 class StoreService:
@@ -47,6 +52,8 @@ class StoreService:
             SnapshotPolicy(cfg.snapshot_every_commits, cfg.snapshot_interval_s),
         )
         self.changelog = changelog
+        # Called after each applied commit with (records, bytes) of its Commit message (metrics).
+        self.on_commit: Callable[[int, int], None] | None = None
         self._closed = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="snapshot-timer", daemon=True)
         self._ticker.start()
@@ -60,10 +67,12 @@ class StoreService:
         num_partitions: int,
         window_size_ms: int = 0,
         retention_ms: int = 0,
+        ttl_ms: int = 0,
     ) -> tuple[ShardMeta, StoreSpec]:
         self._check_open()
         spec = self.registry.resolve(
-            store, type_, num_partitions, window_size_ms, retention_ms, partition=partition
+            store, type_, num_partitions, window_size_ms, retention_ms, partition=partition,
+            ttl_ms=ttl_ms,
         )
         shard = self.registry.shard(spec, partition)
         return shard.claim(), spec
@@ -84,13 +93,19 @@ class StoreService:
     def commit(
         self, store: str, partition: int, epoch: int, commit_seq: int, staged_batches: int,
         put_keys: Sequence[bytes], put_values: Sequence[bytes], delete_keys: Sequence[bytes],
-        offsets: dict[str, int],
+        offsets: dict[str, int], range_begin: Sequence[bytes] = (),
+        range_end: Sequence[bytes] = (),
     ) -> CommitResult:
         shard = self._owned(store, partition)
         result = shard.commit(
-            epoch, commit_seq, staged_batches, put_keys, put_values, delete_keys, offsets
+            epoch, commit_seq, staged_batches, put_keys, put_values, delete_keys, offsets,
+            range_begin, range_end,
         )
         self.snapshotter.maybe_schedule(shard)
+        if self.on_commit is not None and result.applied:
+            self.on_commit(len(put_keys) + len(delete_keys),
+                           sum(map(len, put_keys)) + sum(map(len, put_values))
+                           + sum(map(len, delete_keys)))
         return result
 
     def get(self, store: str, partition: int, epoch: int, keys: Sequence[bytes]
@@ -101,16 +116,29 @@ class StoreService:
         self, store: str, partition: int, epoch: int, from_key: bytes | None,
         to_key: bytes | None, prefix: bytes | None, reverse: bool, page_size: int, limit: int,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Pages of at most scan_page_size entries and (unless one entry is larger) half of
+        max_message_bytes, so that a page always fits in a gRPC message and one scan holds
+        a bounded amount of memory."""
         if page_size < 0 or limit < 0:
             raise InvalidArgumentError("page_size and limit must be non-negative")
         page = min(page_size or self.cfg.scan_page_size, self.cfg.scan_page_size)
+        budget = self.cfg.max_message_bytes // 2  # the other half: framing, with room to spare
         items = self._owned(store, partition).scan(epoch, from_key, to_key, prefix, reverse)
-        if limit:
-            items = islice(items, limit)
-        while True:
-            chunk = list(islice(items, page))
-            if not chunk:
-                return
+        if limit:  # a uint64 on the wire; islice refuses more than sys.maxsize
+            items = islice(items, min(limit, sys.maxsize))
+        chunk: list[tuple[bytes, bytes]] = []
+        size = 0
+        for k, v in items:
+            n = len(k) + len(v) + 16  # 16: field tags and length prefixes, generously
+            if chunk and size + n > budget:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((k, v))
+            size += n
+            if len(chunk) >= page:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
             yield chunk
 
     def count(self, store: str, partition: int) -> int:
@@ -132,6 +160,25 @@ class StoreService:
             manifests.append(self.snapshotter.snapshot_now(self.registry.shard(spec, p)))
         return manifests
 
+    def inspect(self, store: str = "") -> ServerStatus:
+        """Read-only: the shards open here (of `store`, or all) and every known store."""
+        if store:
+            self.registry.describe(store)
+        return server_status(self, store, list_stores=True)
+
+    def sweep_expired(self, now_ms: int | None = None) -> int:
+        """Delete the expired entries of the TTL stores open here (a bounded batch per shard and
+        call; the ticker calls it). Expiry is judged at `now_ms`, by default the wall clock less
+        TTL_SWEEP_GRACE_MS (room for clock skew against the writers). Returns the count."""
+        now = ttlcodec.now_ms() - TTL_SWEEP_GRACE_MS if now_ms is None else now_ms
+        removed = 0
+        for shard in self.registry.open_shards():
+            try:
+                removed += shard.sweep_expired(now)
+            except StateStoreError as exc:  # e.g. the changelog is down: the next tick retries
+                log.warning("TTL sweep of %s failed: %s", shard.name, exc)
+        return removed
+
     # --- lifecycle ------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed.is_set():
@@ -142,6 +189,7 @@ class StoreService:
         while not self._closed.wait(period):
             for shard in self.registry.open_shards():
                 self.snapshotter.maybe_schedule(shard)
+            self.sweep_expired()
 
     def shutdown(self, snapshot: bool = True) -> None:
         """Stop taking requests, snapshot shards with new commits, close everything."""

@@ -7,6 +7,7 @@ INVALID_ARGUMENT (grpc's own deserializer would answer INTERNAL) and never reach
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -83,7 +84,7 @@ class Servicer:
         req = _parse(pb.OpenRequest, data)
         meta, spec = self.svc.open(
             req.store, req.partition, _type_name(req.type), req.num_partitions,
-            req.window_size_ms, req.retention_ms,
+            req.window_size_ms, req.retention_ms, req.ttl_ms,
         )
         return pb.OpenResponse(
             epoch=meta.epoch,
@@ -91,6 +92,7 @@ class Servicer:
             spec=pb.StoreSpec(
                 name=spec.name, type=TYPE_ENUMS[spec.type], num_partitions=spec.num_partitions,
                 window_size_ms=spec.window_size_ms, retention_ms=spec.retention_ms,
+                ttl_ms=spec.ttl_ms,
             ),
             last_commit_seq=meta.commit_seq,
         ).SerializeToString()
@@ -98,6 +100,8 @@ class Servicer:
     def Stage(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         req = _parse(pb.StageRequest, data)
         b = req.batch
+        if b.range_begin or b.range_end:
+            raise errors.InvalidArgumentError("range deletes travel with the Commit, not Stage")
         n = self.svc.stage(req.store, req.partition, req.epoch, req.commit_seq,
                            list(b.put_keys), list(b.put_values), list(b.delete_keys))
         return pb.StageResponse(staged_batches=n).SerializeToString()
@@ -110,6 +114,7 @@ class Servicer:
             # Materialise each repeated field once: every pass over a protobuf repeated bytes
             # field builds new bytes objects, and the commit path makes several passes.
             list(b.put_keys), list(b.put_values), list(b.delete_keys), dict(req.offsets),
+            list(b.range_begin), list(b.range_end),
         )
         return pb.CommitResponse(
             committed_offsets=res.offsets, changelog_offset=res.changelog_offset
@@ -154,6 +159,7 @@ class Servicer:
             spec=pb.StoreSpec(
                 name=spec.name, type=TYPE_ENUMS[spec.type], num_partitions=spec.num_partitions,
                 window_size_ms=spec.window_size_ms, retention_ms=spec.retention_ms,
+                ttl_ms=spec.ttl_ms,
             )
         ).SerializeToString()
 
@@ -171,8 +177,43 @@ class Servicer:
             ]
         ).SerializeToString()
 
+    def Inspect(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        req = _parse(pb.InspectRequest, data)
+        st = self.svc.inspect(req.store)
+        return pb.InspectResponse(
+            shards=[
+                pb.ShardStatus(
+                    store=s.store, partition=s.partition, type=TYPE_ENUMS[s.type],
+                    num_partitions=s.num_partitions, epoch=s.epoch, commit_seq=s.commit_seq,
+                    changelog_offset=s.changelog_offset, committed_offsets=s.committed_offsets,
+                    local_bytes=s.local_bytes, approximate_num_entries=s.approximate_num_entries,
+                    commits_since_snapshot=s.commits_since_snapshot,
+                    seconds_since_snapshot=s.seconds_since_snapshot,
+                    idle_seconds=s.idle_seconds, load_source=s.load_source,
+                    last_snapshot_id=s.last_snapshot_id,
+                    last_snapshot_bytes=s.last_snapshot_bytes,
+                    replayed_records=s.replayed_records, replay_seconds=s.replay_seconds,
+                    broken=s.broken,
+                )
+                for s in st.shards
+            ],
+            version=st.version, object_store=st.object_store, changelog=st.changelog,
+            hot_tier_bytes=st.hot_tier_bytes,
+            block_cache_usage_bytes=st.block_cache_usage_bytes,
+            block_cache_capacity_bytes=st.block_cache_capacity_bytes,
+            memtable_usage_bytes=st.memtable_usage_bytes,
+            snapshots_taken=st.snapshots_taken, snapshots_failed=st.snapshots_failed,
+            stores=st.stores,
+        ).SerializeToString()
 
-def _unary(fn: Callable[[bytes, grpc.ServicerContext], bytes], name: str) -> Any:
+
+Observe = Callable[[str, str, float], None]
+"""observe(method, status code name, seconds): called once per finished call (metrics)."""
+
+
+def _unary(
+    fn: Callable[[bytes, grpc.ServicerContext], bytes], name: str, observe: Observe | None = None
+) -> Any:
     def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
         try:
             return fn(data, context)
@@ -180,30 +221,54 @@ def _unary(fn: Callable[[bytes, grpc.ServicerContext], bytes], name: str) -> Any
             _abort(context, exc, name)
             raise  # unreachable: abort raises
 
-    return grpc.unary_unary_rpc_method_handler(handler)
+    if observe is None:
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    def observed(data: bytes, context: grpc.ServicerContext) -> bytes:
+        started, code = time.perf_counter(), "OK"
+        try:
+            return fn(data, context)
+        except Exception as exc:
+            code = status_for(exc).name
+            _abort(context, exc, name)
+            raise  # unreachable: abort raises
+        finally:
+            observe(name, code, time.perf_counter() - started)
+
+    return grpc.unary_unary_rpc_method_handler(observed)
 
 
-def _stream(fn: Callable[[bytes, grpc.ServicerContext], Iterator[bytes]], name: str) -> Any:
+def _stream(
+    fn: Callable[[bytes, grpc.ServicerContext], Iterator[bytes]], name: str,
+    observe: Observe | None = None,
+) -> Any:
     def handler(data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        started, code = time.perf_counter(), "OK"
         try:
             yield from fn(data, context)
+        except GeneratorExit:  # the client went away mid-stream
+            code = "CANCELLED"
+            raise
         except Exception as exc:
+            code = status_for(exc).name
             _abort(context, exc, name)
+        finally:
+            if observe is not None:
+                observe(name, code, time.perf_counter() - started)
 
     return grpc.unary_stream_rpc_method_handler(handler)
 
 
-def generic_handler(service: StoreService) -> grpc.GenericRpcHandler:
+def generic_handler(
+    service: StoreService, observe: Observe | None = None
+) -> grpc.GenericRpcHandler:
+    """The StateStore handlers; with `observe`, each call's method, status and duration."""
     s = Servicer(service)
-    handlers = {
-        "Open": _unary(s.Open, "Open"),
-        "Stage": _unary(s.Stage, "Stage"),
-        "Commit": _unary(s.Commit, "Commit"),
-        "Get": _unary(s.Get, "Get"),
-        "Scan": _stream(s.Scan, "Scan"),
-        "Count": _unary(s.Count, "Count"),
-        "Close": _unary(s.Close, "Close"),
-        "DescribeStore": _unary(s.DescribeStore, "DescribeStore"),
-        "Snapshot": _unary(s.Snapshot, "Snapshot"),
+    unary = {
+        "Open": s.Open, "Stage": s.Stage, "Commit": s.Commit, "Get": s.Get, "Count": s.Count,
+        "Close": s.Close, "DescribeStore": s.DescribeStore, "Snapshot": s.Snapshot,
+        "Inspect": s.Inspect,
     }
+    handlers = {name: _unary(fn, name, observe) for name, fn in unary.items()}
+    handlers["Scan"] = _stream(s.Scan, "Scan", observe)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

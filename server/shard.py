@@ -11,6 +11,12 @@ Commit protocol (docs/protocol.md):
 If step 3 fails, nothing is applied locally and the keys it may have left in the log are
 overwritten with their committed values by the next append (the repair). If step 4 fails after
 step 3, the shard is marked broken, so its next use reloads it from disk plus the changelog.
+
+Window and session stores' commits may carry range deletes that drop expired segments
+(server/segments.py): they apply after the staged writes and before the commit's own batch, in
+the same WriteBatch, and are not logged (restore re-derives them from the stream time).
+TTL stores' expired entries are removed by `sweep_expired`, a commit of tombstones made by the
+server through the same path (so the changelog gets them) without taking a commit number.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from dataclasses import dataclass
 
 from rocksdict import WriteBatch
 
+from tierstore import ttl as ttlcodec
 from tierstore.overlay import overlay_items, select_range
+from tierstore.server import segments
 from tierstore.server.errors import (
     AbortedError,
     FencedError,
@@ -79,6 +87,7 @@ class Shard:
         self.last_snapshot_at = time.monotonic()
         self.last_used = time.monotonic()
         self.epoch_floor = 0  # the newest epoch seen in the changelog, which a claim must pass
+        self._sweep_from: bytes | None = None  # where the next TTL sweep starts
 
     @property
     def name(self) -> str:
@@ -158,8 +167,11 @@ class Shard:
         put_values: Sequence[bytes],
         delete_keys: Sequence[bytes],
         offsets: dict[str, int],
+        range_begin: Sequence[bytes] = (),
+        range_end: Sequence[bytes] = (),
     ) -> CommitResult:
-        """Make the staged writes, this batch and the input offsets durable together, or none."""
+        """Make the staged writes, the range deletes [range_begin[i], range_end[i]), this batch
+        and the input offsets durable together, or none (in that order)."""
         with self._lock:
             self._check_usable()
             self.check_epoch(epoch)
@@ -187,8 +199,15 @@ class Shard:
                     f"batches but the server holds {have} (staged writes were lost, e.g. by a "
                     f"server restart); the batch must be replayed"
                 )
+            ranges: list[segments.Range] = []
+            if range_begin or range_end or self.spec.windowed:
+                ranges = self._check_windowed(put_keys, put_values, range_begin, range_end,
+                                              have > 0)
             if have:
                 st = self._stage
+                if ranges:  # staged writes precede the ranges: those inside are deleted too
+                    for k in [k for k in st if segments.in_ranges(k, ranges)]:
+                        del st[k]
                 st.update(zip(put_keys, put_values, strict=True))
                 st.update(dict.fromkeys(delete_keys))
                 pk = [k for k, v in st.items() if v is not None]
@@ -199,7 +218,7 @@ class Shard:
             merged = dict(self.meta.offsets)
             merged.update(offsets)
             new = ShardMeta(self.meta.epoch, commit_seq, self.meta.changelog_offset, merged)
-            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT)
+            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT, ranges=ranges)
             self._drop_stage()
             self.commits_since_snapshot += 1
             self.last_used = time.monotonic()
@@ -212,12 +231,13 @@ class Shard:
         dk: list[bytes],
         new: ShardMeta,
         kind: bytes,
+        ranges: Sequence[segments.Range] = (),
     ) -> int:
         marker_offset = -1
         prepared: list[WriteBatch] = []
 
         def prepare() -> None:
-            prepared.append(self.db.prepare(pk, pv, dk))
+            prepared.append(self.db.prepare(pk, pv, dk, ranges))
 
         if self.changelog is not None:
             keys: list[bytes] = pk + dk
@@ -294,6 +314,35 @@ class Shard:
     def count(self) -> int:
         return self.db.approximate_num_entries()
 
+    # --- expiry ---------------------------------------------------------------------------
+    def sweep_expired(self, now_ms: int, max_entries: int = 10_000) -> int:
+        """TTL stores: examine up to `max_entries` entries (continuing where the last sweep
+        stopped, wrapping around) and delete those expired at `now_ms`, through the commit path:
+        the tombstones go to the changelog before the hot tier, with a commit marker carrying
+        the current epoch, commit number and offsets unchanged (the owner's next commit number
+        stays valid). Returns the number deleted; 0 for other stores."""
+        if self.spec.ttl_ms <= 0:
+            return 0
+        with self._lock:
+            if self.broken or self.db.closed:
+                return 0
+            doomed: list[bytes] = []
+            resume: bytes | None = None
+            for seen, (k, raw) in enumerate(self.db.iterate(self._sweep_from, None), 1):
+                if ttlcodec.expires_at(raw) <= now_ms:
+                    doomed.append(k)
+                if seen >= max_entries:
+                    resume = k + b"\x00"
+                    break
+            self._sweep_from = resume
+            if not doomed:
+                return 0
+            m = self.meta
+            new = ShardMeta(m.epoch, m.commit_seq, m.changelog_offset, dict(m.offsets))
+            self._append_and_apply([], [], doomed, new, kind=COMMIT)
+            self.commits_since_snapshot += 1
+            return len(doomed)
+
     # --- helpers --------------------------------------------------------------------------
     def _validate(
         self, put_keys: Sequence[bytes], put_values: Sequence[bytes], delete_keys: Sequence[bytes]
@@ -305,8 +354,30 @@ class Shard:
         check_keys(put_keys)
         check_keys(delete_keys, "delete key")
         check_values(put_values, self.limits.max_value_bytes)
+        if self.spec.ttl_ms and put_values and min(map(len, put_values)) < ttlcodec.HEADER_LEN:
+            raise InvalidArgumentError(
+                f"store {self.spec.name!r} is a TTL store: every value starts with an 8-byte "
+                "expiry header (tierstore.ttl)"
+            )
         if delete_keys and put_keys and not set(put_keys).isdisjoint(delete_keys):
             raise InvalidArgumentError("a key is both put and deleted in one batch")
+
+    def _check_windowed(
+        self, put_keys: Sequence[bytes], put_values: Sequence[bytes],
+        range_begin: Sequence[bytes], range_end: Sequence[bytes], staged: bool,
+    ) -> list[segments.Range]:
+        """The commit's range deletes, checked against the stream time it leaves behind; and no
+        put (staged or not) may land in an expired segment (server/segments.py)."""
+        stage = self._stage if staged else {}
+        st = segments.batch_stream_time(put_keys, put_values, stage, self.db)
+        ranges = segments.check_ranges(self.spec, range_begin, range_end, st)
+        if self.spec.windowed:
+            segments.check_no_expired_puts(self.spec, put_keys, st)
+            if stage:  # staged puts inside the ranges are deleted by them, not refused
+                live = [k for k, v in stage.items()
+                        if v is not None and not segments.in_ranges(k, ranges)]
+                segments.check_no_expired_puts(self.spec, live, st)
+        return ranges
 
     def _drop_stage(self) -> None:
         self._stage = {}

@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class Snapshotter:
         self._thread.start()
         self.taken = 0
         self.failed = 0
+        # Called after each snapshot with (shard, manifest, seconds): checkpoint plus upload.
+        self.on_snapshot: Callable[[Shard, Manifest, float], None] | None = None
 
     def is_due(self, shard: Shard) -> bool:
         if shard.commits_since_snapshot == 0:
@@ -60,6 +63,7 @@ class Snapshotter:
     def snapshot_now(self, shard: Shard) -> Manifest:
         """Checkpoint and upload synchronously. Raises StateStoreError on failure."""
         tmp = self.tmp_dir / f"ckpt-{uuid.uuid4().hex}"
+        started = time.monotonic()
         try:
             with shard._lock:
                 shard._check_usable()
@@ -85,6 +89,8 @@ class Snapshotter:
                     shard.commits_since_snapshot += commits
                 raise
             self.taken += 1
+            if self.on_snapshot is not None:
+                self.on_snapshot(shard, manifest, time.monotonic() - started)
             return manifest
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

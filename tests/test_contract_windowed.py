@@ -127,9 +127,13 @@ def test_times_up_to_2_63_minus_1(backend: Backend) -> None:
         list(ws2.fetch(b"k", 0, MAX + 1))
 
 
-def test_retention_hides_at_once_drops_late_puts_and_purges(backend: Backend) -> None:
-    retention = 10 * MIN  # purge segments are max(retention // 2, 60 s) = 5 min
+def test_retention_hides_at_once_drops_late_puts_and_drops_whole_segments(
+    backend: Backend,
+) -> None:
+    retention = 10 * MIN
+    seg = 5 * MIN  # segments are max(retention // 2, 60 s) long, as in Kafka Streams
     ws = backend.window(MIN, retention)
+    assert ws.segment_interval_ms == seg == wk.segment_interval_ms(retention)
     model: Windows = {}
     for t in range(0, 10 * MIN, MIN):
         ws.put(b"k", b"%d" % t, t)
@@ -147,31 +151,38 @@ def test_retention_hides_at_once_drops_late_puts_and_purges(backend: Backend) ->
     ws.put(b"k", b"in time", MIN)  # start > stream time - retention: accepted
     model[b"k", MIN] = b"in time"
     check_windows(ws, model)
+    written = [*sorted(t for _, t in model), 0]
 
     ws.put(b"k", b"far", 1_000_000)  # expires every start <= 400_000 at once
+    written.append(1_000_000)
     model[b"k", 1_000_000] = b"far"
     model = {kt: v for kt, v in model.items() if kt[1] > 400_000}
     check_windows(ws, model)
     ws.commit({"in:0": 1})
-    assert raw_times(ws) == sorted(t for _, t in model)  # first purge: expired entries gone
+    # segment 0 ([0, 5 min)) expired whole: dropped by the commit (one range delete). Segment 1
+    # is partly live: its expired windows (5 and 6 min) stay on disk, hidden, until it expires.
+    assert raw_times(ws) == sorted(t for t in written if t >= seg)
+    assert ws.fetch_window(b"k", 6 * MIN) is None
+    assert list(ws.fetch(b"k", 0, 400_000)) == []
 
     ws2 = backend.window(MIN, retention)
     assert ws2.stream_time_ms == 1_000_000  # stream time is durable with the commit
     check_windows(ws2, model)
     ws2.put(b"k", b"late", 400_000)
     assert ws2.dropped_records == 1
-    ws2.put(b"k", b"x", 1_100_000)  # bound 500_000: same purge segment as 400_000
+    ws2.put(b"k", b"x", 1_100_000)  # bound 500_000: segment 1 is still partly live
+    written.append(1_100_000)
     model[b"k", 1_100_000] = b"x"
-    hidden = sorted(t for _, t in model)
     model = {kt: v for kt, v in model.items() if kt[1] > 500_000}
     check_windows(ws2, model)
     ws2.commit()
-    assert raw_times(ws2) == hidden  # hidden, not yet removed
-    ws2.put(b"k", b"y", 1_300_000)  # bound 700_000: a new segment, purged at commit
+    assert raw_times(ws2) == sorted(t for t in written if t >= seg)  # hidden, not yet removed
+    ws2.put(b"k", b"y", 1_300_000)  # bound 700_000: segment 1 has expired whole
+    written.append(1_300_000)
     model[b"k", 1_300_000] = b"y"
     model = {kt: v for kt, v in model.items() if kt[1] > 700_000}
     ws2.commit()
-    assert raw_times(ws2) == sorted(t for _, t in model)
+    assert raw_times(ws2) == sorted(t for t in written if t >= 2 * seg)
     check_windows(backend.window(MIN, retention), model)
 
 
@@ -202,8 +213,17 @@ def test_window_bad_input(backend: Backend) -> None:
         list(ws.fetch(b"k", -5, 10))
     with pytest.raises(bad, match="inverted time range"):
         list(ws.fetch(b"k", 10, 5))
-    with pytest.raises(bad, match="inverted time range"):
-        ws.fetch_all(10, 5)  # refused at the call, not at the first next()
+    for call in (ws.fetch_all, ws.backward_fetch_all):
+        with pytest.raises(bad, match="inverted time range"):
+            call(10, 5)  # refused at the call, not at the first next()
+    for call3 in (ws.fetch, ws.backward_fetch):
+        with pytest.raises(bad, match="inverted time range"):
+            call3(b"k", 10, 5)
+    for call4 in (ws.fetch_range, ws.backward_fetch_range):
+        with pytest.raises(bad, match="inverted time range"):
+            call4(b"a", b"b", 10, 5)
+        with pytest.raises(bad, match="negative"):
+            call4(None, None, -1, 5)
     with pytest.raises(bad, match="inverted key range"):
         ws.fetch_range(b"z", b"a", 0, 10)
     with pytest.raises(bad, match="empty"):
@@ -309,13 +329,23 @@ def test_session_retention_by_end(backend: Backend) -> None:
                        (b"k", 0, 101): b"just in time"}
     check_sessions(ss, model)
     ss.commit()
-    kept = sorted(wk.session_times(k)[1] for k, _ in ss.kv.range(wk.DATA_LO, wk.DATA_HI))
-    assert kept == [101, 600, 1_100]  # the expired session was purged at commit
+    # sessions are segmented by end, in 60 s segments (retention // 2 is less): segment 0 is
+    # partly live, so the expired session stays on disk, hidden
+    assert raw_ends(ss) == [100, 101, 600, 1_100]
     ss2 = backend.session(1_000)
     assert ss2.stream_time_ms == 1_100
     check_sessions(ss2, model)
     ss2.put(b"k", 0, 100, b"late again")
     assert ss2.dropped_records == 1
+    ss2.put(b"k", 60_500, 61_000, b"next segment")  # bound 60_000: segment 0 expired whole
+    ss2.commit()
+    assert raw_ends(ss2) == [61_000]
+    check_sessions(ss2, {(b"k", 60_500, 61_000): b"next segment"})
+
+
+def raw_ends(store: SessionStoreImpl) -> list[int]:
+    """The session ends physically present in the key-value store, expired or not."""
+    return sorted(wk.session_times(k)[1] for k, _ in store.kv.range(wk.DATA_LO, wk.DATA_HI))
 
 
 def test_session_bad_input(backend: Backend) -> None:

@@ -60,8 +60,24 @@ def start(tmp_path: Path, name: str, cluster: dict[str, str], *extra: str) -> Se
     return ServerProc(tmp_path / name, extra=list(extra), **cluster)
 
 
+def _wait_for_manifest(
+    s3_server: S3Server, cluster: dict[str, str], store: str, partition: int
+) -> bool:
+    import time
+
+    bucket, _, prefix = cluster["object_store"].removeprefix("s3://").partition("/")
+    s3 = s3_server.client()
+    key_prefix = f"{prefix}/shards/{store}/{partition}/manifests/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if s3.list_objects_v2(Bucket=bucket, Prefix=key_prefix).get("KeyCount", 0):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_kill9_between_commits_restores_on_empty_data_dir(
-    tmp_path: Path, cluster: dict[str, str]
+    tmp_path: Path, cluster: dict[str, str], s3_server: S3Server
 ) -> None:
     rng = random.Random(1)
     model = Model()
@@ -72,6 +88,8 @@ def test_kill9_between_commits_restores_on_empty_data_dir(
             model.commit_random(kv, rng, 50, offset=i * 10)
         kv.put(b"uncommitted", b"never")  # buffered, never committed
         kv.delete(b"key-0001")
+        # Snapshots are uploaded in the background: wait for the periodic one to land.
+        assert _wait_for_manifest(s3_server, cluster, "orders", 1), "no periodic snapshot"
     finally:
         a.kill9()
     b = start(tmp_path, "b", cluster)  # a fresh, empty data dir

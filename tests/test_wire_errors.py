@@ -56,6 +56,7 @@ REQUEST_OF: dict[str, type[Message]] = {
     "Close": pb.CloseRequest,
     "DescribeStore": pb.DescribeStoreRequest,
     "Snapshot": pb.SnapshotRequest,
+    "Inspect": pb.InspectRequest,
 }
 
 

@@ -1,9 +1,11 @@
-"""The `tierstore` command line."""
+"""The `tierstore` command line: serve, config show, inspect, snapshot, restore, bench.
+
+Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -11,7 +13,7 @@ from tierstore import __version__
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from tierstore.server.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, FLAGS, env_name
+    from tierstore.server.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
     p = sub.add_parser(
         "serve",
@@ -19,9 +21,17 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description=(
             "Run the store server. With no flags: the embedded default, listening on "
             f"{DEFAULT_LISTEN}, data in {DEFAULT_DATA_DIR}, snapshots in a local directory, "
-            "no changelog (commits are made durable by syncing RocksDB's WAL)."
+            "no changelog (commits are made durable by syncing RocksDB's WAL). Settings come "
+            "from defaults < --config FILE.toml < TIERSTORE_* variables < flags."
         ),
     )
+    add_server_flags(p)
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    """One option per entry of tierstore.server.config.FLAGS (dest: the configuration key)."""
+    from tierstore.server.config import FLAGS, env_name
+
     helps = {
         "--listen": "HOST:PORT to listen on (port 0 picks a free port)",
         "--data-dir": "directory for the hot tier (RocksDB) and temporary files",
@@ -35,44 +45,67 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--snapshot-keep": "snapshots kept per shard (default 3)",
         "--max-value-bytes": "largest value accepted (default 8 MiB)",
         "--grpc-workers": "threads serving requests (default 16)",
+        "--tls-cert": "PEM certificate chain: serve TLS only (with --tls-key)",
+        "--tls-key": "PEM private key of --tls-cert",
+        "--tls-client-ca": "PEM CA: require client certificates signed by it (mTLS)",
+        "--auth-tokens": "token file (TOML, or JSON if *.json): require bearer tokens with "
+        "per-store-prefix read / read-write permissions",
+        "--max-concurrent-streams": "HTTP/2 streams per connection (default 100)",
+        "--max-concurrent-rpcs": "calls in progress; beyond: RESOURCE_EXHAUSTED (default 1000)",
+        "--max-message-bytes": "largest gRPC message (default 64 MiB); beyond: "
+        "RESOURCE_EXHAUSTED",
+        "--scan-page-size": "most entries per scan page (default 1000)",
+        "--config": "TOML file of settings: the same keys as the flags, with underscores "
+        "(e.g. block_cache_bytes = \"512MiB\"), all top-level",
+        "--block-cache-bytes": "RocksDB block cache shared by every shard (default 256MiB); "
+        "sizes take KiB/MiB/GiB",
+        "--write-buffer-bytes": "memtable budget of all shards together (default 128MiB)",
+        "--metrics-listen": "HOST:PORT to serve Prometheus /metrics on (default: off)",
+        "--log-level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
+        "--log-format": "text or json (one JSON object per line) (default text)",
     }
     for flag, field_name in FLAGS.items():
         p.add_argument(flag, dest=field_name, default=None,
                        help=f"{helps.get(flag, '')} [env {env_name(field_name)}]")
-    p.add_argument("--log-level", default=None,
-                   help="DEBUG, INFO, WARNING or ERROR (default INFO) [env TIERSTORE_LOG_LEVEL]")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tierstore.server.app import serve
+    from tierstore.server.config import FLAGS, ConfigError, load_config
+    from tierstore.server.logs import configure_logging
+
+    try:
+        cfg = load_config({f: getattr(args, f) for f in FLAGS.values()})
+    except ConfigError as exc:
+        print(f"tierstore serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(cfg.log_level, cfg.log_format)
+    try:
+        return serve(cfg)
+    except ConfigError as exc:  # TLS or token file unreadable or malformed
+        print(f"tierstore serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a port that cannot be bound
+        print(f"tierstore serve: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__)
+    from tierstore.commands import bench, configcmd, inspection, restore, snapshot
+
+    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tierstore {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    commands = {"serve": _serve}
+    for module in (configcmd, inspection, snapshot, restore, bench):
+        commands.update(module.add_parser(sub, add_server_flags))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to `python -m bench`
+        return bench.forward(argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        import os
-
-        from tierstore.server.app import serve
-        from tierstore.server.config import FLAGS, ConfigError, load_config
-
-        level = (args.log_level or os.environ.get("TIERSTORE_LOG_LEVEL") or "INFO").upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            print(f"tierstore serve: configuration error: log_level: {level!r} is not one of "
-                  "DEBUG, INFO, WARNING, ERROR", file=sys.stderr)
-            return 2
-        logging.basicConfig(
-            level=getattr(logging, level),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        try:
-            cfg = load_config({f: getattr(args, f) for f in FLAGS.values()})
-        except ConfigError as exc:
-            print(f"tierstore serve: configuration error: {exc}", file=sys.stderr)
-            return 2
-        return serve(cfg)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ class StoreSpec(_message.Message):
     NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     WINDOW_SIZE_MS_FIELD_NUMBER: _builtins.int
     RETENTION_MS_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: Global___StoreType.ValueType
     num_partitions: _builtins.int
@@ -64,6 +65,8 @@ class StoreSpec(_message.Message):
     """window stores only"""
     retention_ms: _builtins.int
     """window and session stores only"""
+    ttl_ms: _builtins.int
+    """kv stores only: the default TTL; 0: values never expire"""
     def __init__(
         self,
         *,
@@ -72,10 +75,11 @@ class StoreSpec(_message.Message):
         num_partitions: _builtins.int = ...,
         window_size_ms: _builtins.int = ...,
         retention_ms: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "num_partitions", b"num_partitions", "retention_ms", b"retention_ms", "type", b"type", "window_size_ms", b"window_size_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "num_partitions", b"num_partitions", "retention_ms", b"retention_ms", "ttl_ms", b"ttl_ms", "type", b"type", "window_size_ms", b"window_size_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -91,6 +95,7 @@ class OpenRequest(_message.Message):
     NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
     WINDOW_SIZE_MS_FIELD_NUMBER: _builtins.int
     RETENTION_MS_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     partition: _builtins.int
     type: Global___StoreType.ValueType
@@ -98,6 +103,8 @@ class OpenRequest(_message.Message):
     """0: use the existing count (a new store gets 1)"""
     window_size_ms: _builtins.int
     retention_ms: _builtins.int
+    ttl_ms: _builtins.int
+    """kv stores: a new store with it is a TTL store; 0: as existing"""
     def __init__(
         self,
         *,
@@ -107,10 +114,11 @@ class OpenRequest(_message.Message):
         num_partitions: _builtins.int = ...,
         window_size_ms: _builtins.int = ...,
         retention_ms: _builtins.int = ...,
+        ttl_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_partitions", b"num_partitions", "partition", b"partition", "retention_ms", b"retention_ms", "store", b"store", "type", b"type", "window_size_ms", b"window_size_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_partitions", b"num_partitions", "partition", b"partition", "retention_ms", b"retention_ms", "store", b"store", "ttl_ms", b"ttl_ms", "type", b"type", "window_size_ms", b"window_size_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,29 +176,41 @@ Global___OpenResponse: _TypeAlias = OpenResponse  # noqa: Y015
 
 @_typing.final
 class WriteBatch(_message.Message):
-    """The final state of each key written since the last commit. Put and delete keys are disjoint."""
+    """The final state of each key written since the last commit. Put and delete keys are disjoint.
+    Range deletes [range_begin[i], range_end[i]) (window and session stores only: they drop
+    expired segments) apply after the writes staged for the commit and before this batch's puts
+    and deletes. Only a Commit may carry them (a Stage with ranges is refused).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PUT_KEYS_FIELD_NUMBER: _builtins.int
     PUT_VALUES_FIELD_NUMBER: _builtins.int
     DELETE_KEYS_FIELD_NUMBER: _builtins.int
+    RANGE_BEGIN_FIELD_NUMBER: _builtins.int
+    RANGE_END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def put_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
     def put_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
     def delete_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def range_begin(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def range_end(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
         put_keys: _abc.Iterable[_builtins.bytes] | None = ...,
         put_values: _abc.Iterable[_builtins.bytes] | None = ...,
         delete_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        range_begin: _abc.Iterable[_builtins.bytes] | None = ...,
+        range_end: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_keys", b"delete_keys", "put_keys", b"put_keys", "put_values", b"put_values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_keys", b"delete_keys", "put_keys", b"put_keys", "put_values", b"put_values", "range_begin", b"range_begin", "range_end", b"range_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,3 +715,187 @@ class SnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
+
+@_typing.final
+class InspectRequest(_message.Message):
+    """Read-only: what this server holds (for `tierstore inspect`). Changes nothing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    """empty: every store"""
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectRequest: _TypeAlias = InspectRequest  # noqa: Y015
+
+@_typing.final
+class ShardStatus(_message.Message):
+    """One shard open on the server. `epoch` identifies its current owner (the latest claim)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CommittedOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STORE_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    NUM_PARTITIONS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    COMMIT_SEQ_FIELD_NUMBER: _builtins.int
+    CHANGELOG_OFFSET_FIELD_NUMBER: _builtins.int
+    COMMITTED_OFFSETS_FIELD_NUMBER: _builtins.int
+    LOCAL_BYTES_FIELD_NUMBER: _builtins.int
+    APPROXIMATE_NUM_ENTRIES_FIELD_NUMBER: _builtins.int
+    COMMITS_SINCE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SECONDS_SINCE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    IDLE_SECONDS_FIELD_NUMBER: _builtins.int
+    LOAD_SOURCE_FIELD_NUMBER: _builtins.int
+    LAST_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    LAST_SNAPSHOT_BYTES_FIELD_NUMBER: _builtins.int
+    REPLAYED_RECORDS_FIELD_NUMBER: _builtins.int
+    REPLAY_SECONDS_FIELD_NUMBER: _builtins.int
+    BROKEN_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    partition: _builtins.int
+    type: Global___StoreType.ValueType
+    num_partitions: _builtins.int
+    epoch: _builtins.int
+    commit_seq: _builtins.int
+    """commits made in this epoch"""
+    changelog_offset: _builtins.int
+    """the next changelog offset the shard has not applied"""
+    local_bytes: _builtins.int
+    """size of the shard's RocksDB files on local disk"""
+    approximate_num_entries: _builtins.int
+    commits_since_snapshot: _builtins.int
+    seconds_since_snapshot: _builtins.float
+    """since the last snapshot (or the load) in this process"""
+    idle_seconds: _builtins.float
+    """since the last read or write"""
+    load_source: _builtins.str
+    """how it was opened: local, snapshot, changelog or new"""
+    last_snapshot_id: _builtins.int
+    """0: none taken by this process"""
+    last_snapshot_bytes: _builtins.int
+    replayed_records: _builtins.int
+    """changelog records read when it was loaded"""
+    replay_seconds: _builtins.float
+    broken: _builtins.bool
+    """must be reloaded before its next use"""
+    @_builtins.property
+    def committed_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        type: Global___StoreType.ValueType = ...,
+        num_partitions: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        commit_seq: _builtins.int = ...,
+        changelog_offset: _builtins.int = ...,
+        committed_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        local_bytes: _builtins.int = ...,
+        approximate_num_entries: _builtins.int = ...,
+        commits_since_snapshot: _builtins.int = ...,
+        seconds_since_snapshot: _builtins.float = ...,
+        idle_seconds: _builtins.float = ...,
+        load_source: _builtins.str = ...,
+        last_snapshot_id: _builtins.int = ...,
+        last_snapshot_bytes: _builtins.int = ...,
+        replayed_records: _builtins.int = ...,
+        replay_seconds: _builtins.float = ...,
+        broken: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate_num_entries", b"approximate_num_entries", "broken", b"broken", "changelog_offset", b"changelog_offset", "commit_seq", b"commit_seq", "commits_since_snapshot", b"commits_since_snapshot", "committed_offsets", b"committed_offsets", "epoch", b"epoch", "idle_seconds", b"idle_seconds", "last_snapshot_bytes", b"last_snapshot_bytes", "last_snapshot_id", b"last_snapshot_id", "load_source", b"load_source", "local_bytes", b"local_bytes", "num_partitions", b"num_partitions", "partition", b"partition", "replay_seconds", b"replay_seconds", "replayed_records", b"replayed_records", "seconds_since_snapshot", b"seconds_since_snapshot", "store", b"store", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShardStatus: _TypeAlias = ShardStatus  # noqa: Y015
+
+@_typing.final
+class InspectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARDS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OBJECT_STORE_FIELD_NUMBER: _builtins.int
+    CHANGELOG_FIELD_NUMBER: _builtins.int
+    HOT_TIER_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_CACHE_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_CACHE_CAPACITY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMTABLE_USAGE_BYTES_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_TAKEN_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_FAILED_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    object_store: _builtins.str
+    """where snapshots go"""
+    changelog: _builtins.str
+    """the Kafka bootstrap servers; empty: no changelog"""
+    hot_tier_bytes: _builtins.int
+    """local_bytes of every open shard"""
+    block_cache_usage_bytes: _builtins.int
+    block_cache_capacity_bytes: _builtins.int
+    memtable_usage_bytes: _builtins.int
+    snapshots_taken: _builtins.int
+    """by this process"""
+    snapshots_failed: _builtins.int
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardStatus]: ...
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """every store known here or in the object store"""
+
+    def __init__(
+        self,
+        *,
+        shards: _abc.Iterable[Global___ShardStatus] | None = ...,
+        version: _builtins.str = ...,
+        object_store: _builtins.str = ...,
+        changelog: _builtins.str = ...,
+        hot_tier_bytes: _builtins.int = ...,
+        block_cache_usage_bytes: _builtins.int = ...,
+        block_cache_capacity_bytes: _builtins.int = ...,
+        memtable_usage_bytes: _builtins.int = ...,
+        snapshots_taken: _builtins.int = ...,
+        snapshots_failed: _builtins.int = ...,
+        stores: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_cache_capacity_bytes", b"block_cache_capacity_bytes", "block_cache_usage_bytes", b"block_cache_usage_bytes", "changelog", b"changelog", "hot_tier_bytes", b"hot_tier_bytes", "memtable_usage_bytes", b"memtable_usage_bytes", "object_store", b"object_store", "shards", b"shards", "snapshots_failed", b"snapshots_failed", "snapshots_taken", b"snapshots_taken", "stores", b"stores", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectResponse: _TypeAlias = InspectResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class StateStoreStub:
                 request_serializer=tierstore_dot_v1_dot_store__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_store__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Inspect = channel.unary_unary(
+                '/tierstore.v1.StateStore/Inspect',
+                request_serializer=tierstore_dot_v1_dot_store__pb2.InspectRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_store__pb2.InspectResponse.FromString,
+                _registered_method=True)
 
 
 class StateStoreServicer:
@@ -141,6 +146,13 @@ class StateStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Inspect(self, request, context):
+        """Read-only status of the shards open on this server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +200,11 @@ def add_StateStoreServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=tierstore_dot_v1_dot_store__pb2.SnapshotRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_store__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=tierstore_dot_v1_dot_store__pb2.InspectRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_store__pb2.InspectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +450,33 @@ class StateStore:
             '/tierstore.v1.StateStore/Snapshot',
             tierstore_dot_v1_dot_store__pb2.SnapshotRequest.SerializeToString,
             tierstore_dot_v1_dot_store__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierstore.v1.StateStore/Inspect',
+            tierstore_dot_v1_dot_store__pb2.InspectRequest.SerializeToString,
+            tierstore_dot_v1_dot_store__pb2.InspectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,151 @@
+"""Routing calls to the server that owns a shard, with one channel per server.
+
+The client starts from its seed addresses. A server that does not own a shard answers
+UNAVAILABLE with the owner's address in the trailing metadata (`tierstore-owner`); the router
+caches that placement and retries there. When a server cannot be reached, the router tries the
+other known servers (one of them owns the shard now, or knows who does) until the deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from tierstore.v1 import store_pb2_grpc
+
+OWNER_KEY = "tierstore-owner"
+
+
+def owner_of(exc: grpc.RpcError) -> str | None:
+    """The owner's address if `exc` is a wrong-server answer, else None."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == OWNER_KEY:
+            return str(value)
+    return None
+
+
+class Router:
+    def __init__(
+        self,
+        seeds: list[str],
+        make_channel: Callable[[str], grpc.Channel],
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.seeds = list(dict.fromkeys(seeds))
+        self._make_channel = make_channel
+        self.metadata = metadata
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, store_pb2_grpc.StateStoreStub] = {}
+        self._placement: dict[tuple[str, int], str] = {}
+        self._known: list[str] = list(self.seeds)
+        self.redirects = 0
+
+    def stub(self, address: str) -> store_pb2_grpc.StateStoreStub:
+        with self._lock:
+            stub = self._stubs.get(address)
+            if stub is None:
+                channel = self._make_channel(address)
+                self._channels[address] = channel
+                stub = self._stubs[address] = store_pb2_grpc.StateStoreStub(channel)
+                if address not in self._known:
+                    self._known.append(address)
+            return stub
+
+    def channel(self, address: str) -> grpc.Channel:
+        self.stub(address)
+        return self._channels[address]
+
+    def address_for(self, shard: tuple[str, int] | None) -> str:
+        with self._lock:
+            if shard is not None and shard in self._placement:
+                return self._placement[shard]
+            return self._known[0]
+
+    def _candidates(self, shard: tuple[str, int] | None) -> list[str]:
+        first = self.address_for(shard)
+        with self._lock:
+            return [first, *(a for a in self._known if a != first)]
+
+    def call(
+        self, shard: tuple[str, int] | None, method: str, request: Any, timeout: float | None
+    ) -> Any:
+        """A unary call to the shard's owner, following redirects and failing over."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
+        tried_down: set[str] = set()
+        address = self.address_for(shard)
+        delay = 0.02
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.05)
+            try:
+                fn = getattr(self.stub(address), method)
+                return fn(request, timeout=remaining, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                nxt = self._next_address(exc, shard, address, tried_down)
+                if nxt is None or time.monotonic() >= deadline:
+                    raise
+                if nxt == address:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                address = nxt
+
+    def stream(
+        self, shard: tuple[str, int] | None, method: str, request: Any
+    ) -> Iterator[Any]:
+        """A server-streaming call; redirects are followed before the first message."""
+        deadline = time.monotonic() + 30.0
+        tried_down: set[str] = set()
+        address = self.address_for(shard)
+        while True:
+            it = getattr(self.stub(address), method)(request, metadata=self.metadata)
+            try:
+                first = next(it)
+            except StopIteration:
+                return
+            except grpc.RpcError as exc:
+                nxt = self._next_address(exc, shard, address, tried_down)
+                if nxt is None or time.monotonic() >= deadline:
+                    raise
+                if nxt == address:
+                    time.sleep(0.05)
+                address = nxt
+                continue
+            yield first
+            yield from it
+            return
+
+    def _next_address(
+        self, exc: grpc.RpcError, shard: tuple[str, int] | None, address: str,
+        tried_down: set[str],
+    ) -> str | None:
+        owner = owner_of(exc)
+        if owner is not None:
+            self.redirects += 1
+            if shard is not None:
+                with self._lock:
+                    self._placement[shard] = owner
+            return owner
+        if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+            return None
+        # The server is unreachable or shutting down: forget the placement, try another.
+        tried_down.add(address)
+        with self._lock:
+            if shard is not None and self._placement.get(shard) == address:
+                del self._placement[shard]
+        for candidate in self._candidates(shard):
+            if candidate not in tried_down:
+                return candidate
+        tried_down.clear()  # every server failed once: start over (a restart may be under way)
+        return self._candidates(shard)[0]
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()

@@ -1,0 +1,1 @@
+"""The `tierstore` subcommands, one module each; tierstore.cli assembles them."""

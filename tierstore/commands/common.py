@@ -1,0 +1,193 @@
+"""Shared pieces of the `tierstore` subcommands: arguments, errors, tables, progress bars.
+
+Exit codes: 0 success, 1 failure (the server, the object store or the changelog said no, or
+could not be reached), 2 usage (argparse, or an argument that does not parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from tierstore.client import Client, connect
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A failure to report on stderr; exit code 1 (or `code`)."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_shard(text: str, need_partition: bool) -> tuple[str, int]:
+    """`STORE` -> (STORE, -1); `STORE/PARTITION` -> (STORE, PARTITION). Usage error otherwise."""
+    store, sep, part = text.partition("/")
+    form = "STORE/PARTITION" if need_partition else "STORE[/PARTITION]"
+    if not store or (sep and not part.isdigit()) or (need_partition and not sep):
+        raise CommandError(f"expected {form}, got {text!r}", USAGE)
+    return store, int(part) if sep else -1
+
+
+# --- arguments ---------------------------------------------------------------------------------
+def add_server_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--server", metavar="HOST:PORT", required=required,
+                   help="address of a running tierstore server")
+    p.add_argument("--token", default=None, help="bearer token, if the server requires one")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="deadline of each call (default 30; snapshots get at least 300)")
+
+
+def add_object_store_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--object-store", metavar="URL", required=required,
+                   help="snapshot location: file:///path or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint", metavar="URL", default=None,
+                   help="S3 endpoint URL, for S3-compatible servers (credentials come from "
+                   "boto3's usual chain: AWS_* variables, ~/.aws, instance roles)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress bars on stderr (default: when stderr is a terminal)")
+
+
+def client_of(args: argparse.Namespace) -> Client:
+    return connect(args.server, tls=bool(args.tls) or None, token=args.token,
+                   timeout_s=args.timeout)
+
+
+def run_guarded(name: str, fn: Callable[[argparse.Namespace], int],
+                args: argparse.Namespace) -> int:
+    """Run a subcommand, turning the errors it may meet into a message and an exit code."""
+    from tierstore.client.errors import StateStoreError as ClientError
+    from tierstore.server.errors import StateStoreError as ServerError
+
+    try:
+        return fn(args)
+    except CommandError as exc:
+        print(f"tierstore {name}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ClientError, ServerError, OSError, ValueError) as exc:
+        print(f"tierstore {name}: error: {exc}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print(f"tierstore {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- output ------------------------------------------------------------------------------------
+def print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(r[i], int | float) for r in rows) and bool(rows)
+               for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric,
+                                                                         strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+    return str(value)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # unreachable
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for limit, unit in ((120, "s"), (7200, "m"), (172800, "h")):
+        if seconds < limit:
+            return f"{seconds / {'s': 1, 'm': 60, 'h': 3600}[unit]:.0f}{unit}"
+    return f"{seconds / 86400:.1f}d"
+
+
+# --- progress ----------------------------------------------------------------------------------
+class Progress:
+    """tqdm bars on stderr, or nothing when disabled."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    def _bar(self, desc: str, **kw: Any) -> tqdm[Any]:
+        return tqdm(desc=desc, file=sys.stderr, disable=not self.enabled, dynamic_ncols=True,
+                    **kw)
+
+    @contextlib.contextmanager
+    def bytes(self, desc: str) -> Iterator[Callable[[int, int], None]]:
+        """A byte bar with rate and ETA; yields progress(done, total)."""
+        bar = self._bar(desc, unit="B", unit_scale=True, unit_divisor=1024, total=0)
+        lock = threading.Lock()
+
+        def update(done: int, total: int) -> None:
+            with lock:
+                if bar.total != total:
+                    bar.total = total
+                bar.update(done - bar.n)
+
+        try:
+            yield update
+        finally:
+            bar.close()
+
+    @contextlib.contextmanager
+    def count(self, desc: str, unit: str, total: int | None = None
+              ) -> Iterator[Callable[[int], None]]:
+        """A counter with rate (and ETA when `total` is known); yields progress(done)."""
+        bar = self._bar(desc, unit=f" {unit}", unit_scale=True, total=total)
+
+        def update(done: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            yield update
+        finally:
+            bar.close()
+
+    @contextlib.contextmanager
+    def waiting(self, desc: str) -> Iterator[None]:
+        """An elapsed-time line, refreshed while the body runs (for one long call)."""
+        bar = self._bar(desc, total=None, bar_format="{desc}: {elapsed}")
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(0.2):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        if self.enabled:
+            ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if self.enabled:
+                ticker.join()
+            bar.close()
