@@ -169,7 +169,7 @@ def _cpu_seconds() -> tuple[float, float]:
 class Goal:
     name: str
     target: str  # e.g. ">= 0.8"
-    value: float
+    value: float | None  # None: the measurement failed (see the report's notes)
     met: bool
     unit: str = "x"
 
@@ -208,6 +208,10 @@ class Report:
                 "busy_cores": round(all_cores, 2), "benchmark_cores": round(own_cores, 2),
                 "other_cores": round(max(0.0, all_cores - own_cores), 2)}
 
+    def failed_goal(self, name: str, target: str, unit: str = "x") -> None:
+        """A goal whose measurement failed: not met, with no value."""
+        self.goals.append(Goal(name, target, None, False, unit))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "benchmark": self.name,
@@ -241,8 +245,8 @@ class Report:
             lines.append(f"ratio {k}: {v:.3f}")
         for g in self.goals:
             state = "MET" if g.met else "NOT MET"
-            lines.append(f"goal {g.name}: {g.value:.3f}{g.unit} (target {g.target}{g.unit}) "
-                         f"{state}")
+            value = "FAILED" if g.value is None else f"{g.value:.3f}{g.unit}"
+            lines.append(f"goal {g.name}: {value} (target {g.target}{g.unit}) {state}")
         lines.extend(f"note: {n}" for n in self.notes)
         ld = self.machine_load()
         lines.append(f"machine load: {ld['busy_cores']} cores busy on average, "

@@ -29,7 +29,7 @@ def scan(
         req.from_key = from_key
     if to_key is not None:
         req.to_key = to_key
-    pages = stream(c.stub.Scan(req, timeout=None, metadata=c.metadata))
+    pages = stream(c.stream_call(store, partition, "Scan", req))
     for page in pages:
         yield from zip(page.keys, page.values, strict=True)
 
@@ -49,10 +49,8 @@ class Reader:
 
     @rpc
     def _describe(self) -> pb.StoreSpec:
-        resp = self._c.stub.DescribeStore(
-            pb.DescribeStoreRequest(store=self.name), timeout=self._c.timeout_s,
-            metadata=self._c.metadata,
-        )
+        resp = self._c.call(self.name, None, "DescribeStore",
+                            pb.DescribeStoreRequest(store=self.name))
         return resp.spec
 
     def partition_for(self, key: bytes) -> int:
@@ -71,9 +69,9 @@ class Reader:
         out: list[bytes | None] = [None] * len(keys)
         now = self.clock()
         for p, idx in by_part.items():
-            resp = self._c.stub.Get(
+            resp = self._c.call(
+                self.name, p, "Get",
                 pb.GetRequest(store=self.name, partition=p, keys=[keys[i] for i in idx]),
-                timeout=self._c.timeout_s, metadata=self._c.metadata,
             )
             for i, v, f in zip(idx, resp.values, resp.found, strict=True):
                 if f:
@@ -119,9 +117,7 @@ class Reader:
     def approximate_num_entries(self) -> int:
         total = 0
         for p in range(self.num_partitions):
-            resp = self._c.stub.Count(
-                pb.CountRequest(store=self.name, partition=p), timeout=self._c.timeout_s,
-                metadata=self._c.metadata,
-            )
+            resp = self._c.call(self.name, p, "Count",
+                                pb.CountRequest(store=self.name, partition=p))
             total += int(resp.approximate_num_entries)
         return total

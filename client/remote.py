@@ -9,7 +9,6 @@ to this handle only.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from tierstore.client.errors import (
 )
 from tierstore.client.reader import Reader, scan
 from tierstore.client.retention import check_window_params
+from tierstore.client.routing import Router
 from tierstore.client.tls import TLSConfig, channel_security
 from tierstore.client.windowed import SessionStoreImpl, WindowStoreImpl
 from tierstore.v1 import store_pb2 as pb
@@ -56,22 +56,44 @@ class Client:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         creds, tls_opts = channel_security(tls)
-        if creds is not None:
-            self._channel = grpc.secure_channel(target, creds, options=opts + tls_opts)
-        else:
-            self._channel = grpc.insecure_channel(target, options=opts)
+
+        def make_channel(address: str) -> grpc.Channel:
+            if creds is not None:
+                return grpc.secure_channel(address, creds, options=opts + tls_opts)
+            return grpc.insecure_channel(address, options=opts)
+
         self.target = target
         self.timeout_s = timeout_s
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        self.stub = store_pb2_grpc.StateStoreStub(self._channel)
+        seeds = [t.strip() for t in target.split(",") if t.strip()]
+        self.router = Router(seeds, make_channel, self.metadata)
+
+    @property
+    def stub(self) -> store_pb2_grpc.StateStoreStub:
+        """A stub for the first seed server (shard calls go through `call`, which routes)."""
+        return self.router.stub(self.router.seeds[0])
+
+    def call(
+        self, store: str, partition: int | None, method: str, request: Any,
+        timeout: float | None = None, retry_unavailable: bool = False,
+    ) -> Any:
+        """A unary call routed to the shard's server (redirects and failover followed)."""
+        shard = (store, partition) if partition is not None else None
+        return self.router.call(shard, method, request,
+                                self.timeout_s if timeout is None else timeout,
+                                retry_unavailable=retry_unavailable)
+
+    def stream_call(self, store: str, partition: int, method: str, request: Any) -> Iterator[Any]:
+        return self.router.stream((store, partition), method, request)
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
+        address = self.router.seeds[0]
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+            grpc.channel_ready_future(self.router.channel(address)).result(timeout=timeout_s)
         except grpc.FutureTimeoutError as exc:
-            raise UnavailableError(f"server {self.target} not reachable in {timeout_s}s") from exc
+            raise UnavailableError(f"server {address} not reachable in {timeout_s}s") from exc
 
     def key_value_store(
         self,
@@ -149,14 +171,13 @@ class Client:
     @rpc
     def snapshot(self, store: str, partition: int = -1) -> list[tuple[int, int, int]]:
         """Force a snapshot; returns (partition, snapshot_id, changelog_offset) per shard."""
-        resp = self.stub.Snapshot(
-            pb.SnapshotRequest(store=store, partition=partition),
-            timeout=max(self.timeout_s, 300), metadata=self.metadata,
-        )
+        resp = self.call(store, partition if partition >= 0 else None, "Snapshot",
+                         pb.SnapshotRequest(store=store, partition=partition),
+                         timeout=max(self.timeout_s, 300))
         return [(s.partition, s.snapshot_id, s.changelog_offset) for s in resp.snapshots]
 
     def close(self) -> None:
-        self._channel.close()
+        self.router.close()
 
     def __enter__(self) -> Client:
         return self
@@ -225,13 +246,14 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             from tierstore.client.errors import InvalidArgumentError
 
             raise InvalidArgumentError(f"partition must be >= 0, got {self.partition}")
-        resp: pb.OpenResponse = self._c.stub.Open(
+        resp: pb.OpenResponse = self._c.call(
+            self.name, self.partition, "Open",
             pb.OpenRequest(
                 store=self.name, partition=self.partition, type=self._type,
                 num_partitions=num_partitions, window_size_ms=window_size_ms,
                 retention_ms=retention_ms, ttl_ms=ttl_ms,
             ),
-            timeout=max(self._c.timeout_s, 600), metadata=self._c.metadata,
+            timeout=max(self._c.timeout_s, 600),
         )
         return resp
 
@@ -240,9 +262,9 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
 
     @rpc
     def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
-        resp = self._c.stub.Get(
+        resp = self._c.call(
+            self.name, self.partition, "Get",
             pb.GetRequest(store=self.name, partition=self.partition, epoch=self.epoch, keys=keys),
-            timeout=self._c.timeout_s, metadata=self._c.metadata,
         )
         return [v if f else None for v, f in zip(resp.values, resp.found, strict=True)]
 
@@ -254,9 +276,9 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
 
     @rpc
     def _backend_count(self) -> int:
-        resp = self._c.stub.Count(
+        resp = self._c.call(
+            self.name, self.partition, "Count",
             pb.CountRequest(store=self.name, partition=self.partition, epoch=self.epoch),
-            timeout=self._c.timeout_s, metadata=self._c.metadata,
         )
         return int(resp.approximate_num_entries)
 
@@ -288,12 +310,12 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             if not send:
                 return
         try:
-            self._c.stub.Stage(
+            self._c.call(
+                self.name, self.partition, "Stage",
                 pb.StageRequest(
                     store=self.name, partition=self.partition, epoch=self.epoch,
                     commit_seq=self._seq + 1, batch=self._batch(send),
                 ),
-                timeout=self._c.timeout_s, metadata=self._c.metadata,
             )
         except grpc.RpcError as exc:
             err = translate(exc)
@@ -312,26 +334,16 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             commit_seq=self._seq + 1, staged_batches=self._staged,
             batch=self._batch(writes, ranges), offsets=offsets,
         )
-        deadline = time.monotonic() + self._c.timeout_s
-        delay = 0.05
-        while True:
-            try:
-                resp = self._c.stub.Commit(
-                    req, timeout=self._c.timeout_s, metadata=self._c.metadata
-                )
-                break
-            except grpc.RpcError as exc:
-                err = translate(exc)
-                if isinstance(err, FencedError):
-                    self._closed = True
-                    raise err from exc
-                # UNAVAILABLE: retrying the same commit_seq is safe (the server applies a
-                # commit number once), so retry until the deadline.
-                if isinstance(err, UnavailableError) and time.monotonic() + delay < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                raise err from exc
+        try:
+            # The router retries UNAVAILABLE (and follows a moved shard) until the deadline:
+            # safe for a commit, because the server applies a commit number once.
+            resp = self._c.call(self.name, self.partition, "Commit", req,
+                                retry_unavailable=True)
+        except grpc.RpcError as exc:
+            err = translate(exc)
+            if isinstance(err, FencedError):
+                self._closed = True
+            raise err from exc
         self._seq += 1
         self._staged = 0
         self._buf_bytes = 0
@@ -340,9 +352,10 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
     def _backend_close(self) -> None:
         # Closing a fenced or unreachable handle has nothing left to release.
         with contextlib.suppress(grpc.RpcError):
-            self._c.stub.Close(
+            self._c.call(
+                self.name, self.partition, "Close",
                 pb.CloseRequest(store=self.name, partition=self.partition, epoch=self.epoch),
-                timeout=self._c.timeout_s, metadata=self._c.metadata,
+                timeout=min(self._c.timeout_s, 5.0),
             )
 
     def __enter__(self) -> RemoteKeyValueStore:

@@ -73,9 +73,13 @@ class Router:
             return [first, *(a for a in self._known if a != first)]
 
     def call(
-        self, shard: tuple[str, int] | None, method: str, request: Any, timeout: float | None
+        self, shard: tuple[str, int] | None, method: str, request: Any, timeout: float | None,
+        retry_unavailable: bool = False,
     ) -> Any:
-        """A unary call to the shard's owner, following redirects and failing over."""
+        """A unary call to the shard's owner, following redirects. An unreachable server is
+        retried (on the other known servers first) until the deadline when there are several
+        servers, or when `retry_unavailable` says the call is safe to repeat; with one server
+        and no such promise, UNAVAILABLE is raised at once."""
         deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
         tried_down: set[str] = set()
         address = self.address_for(shard)
@@ -86,6 +90,9 @@ class Router:
                 fn = getattr(self.stub(address), method)
                 return fn(request, timeout=remaining, metadata=self.metadata)
             except grpc.RpcError as exc:
+                if (owner_of(exc) is None and exc.code() is grpc.StatusCode.UNAVAILABLE
+                        and not retry_unavailable and len(self._known) < 2):
+                    raise
                 nxt = self._next_address(exc, shard, address, tried_down)
                 if nxt is None or time.monotonic() >= deadline:
                     raise
@@ -108,6 +115,9 @@ class Router:
             except StopIteration:
                 return
             except grpc.RpcError as exc:
+                if (owner_of(exc) is None and exc.code() is grpc.StatusCode.UNAVAILABLE
+                        and len(self._known) < 2):
+                    raise
                 nxt = self._next_address(exc, shard, address, tried_down)
                 if nxt is None or time.monotonic() >= deadline:
                     raise

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tierstore.server.auth import AuthInterceptor, TokenTable
+from tierstore.server.cluster import ClusterConfig, Membership, grpc_health_probe
 from tierstore.server.config import ServerConfig
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
@@ -124,6 +125,11 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    if cfg.peer_list():
+        advertise = cfg.advertise or f"{host}:{bound}"
+        svc.attach_cluster(Membership(
+            ClusterConfig(advertise=advertise, peers=cfg.peer_list()), grpc_health_probe
+        ))
     return RunningServer(server, bound, svc, health_servicer, host, metrics)
 
 

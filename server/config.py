@@ -65,12 +65,22 @@ class ServerConfig:
     # Limits, so that one client cannot exhaust the server (beyond: RESOURCE_EXHAUSTED).
     max_concurrent_streams: int = 100  # HTTP/2 streams per connection
     max_concurrent_rpcs: int = 1000  # calls in progress on the whole server
+    # Several servers (see tierstore.server.cluster): peers are HOST:PORT or dns:NAME:PORT,
+    # comma-separated; advertise is this server's address as peers and clients reach it.
+    peers: str = ""
+    advertise: str = ""
+    # Tiering (see tierstore.server.tiering): idle shards over this many local bytes are
+    # snapshotted and evicted; 0 means no budget.
+    max_local_bytes: int = 0
 
     def object_store_url(self) -> str:
         return self.object_store or (self.data_dir / "snapshots").resolve().as_uri()
 
     def listen_host_port(self) -> tuple[str, int]:
         return _host_port("listen", self.listen)
+
+    def peer_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.peers.split(",") if p.strip())
 
     def metrics_host_port(self) -> tuple[str, int] | None:
         return _host_port("metrics_listen", self.metrics_listen) if self.metrics_listen else None
@@ -103,6 +113,20 @@ class ServerConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format: {self.log_format!r} is not one of "
                               f"{', '.join(LOG_FORMATS)}")
+        if self.max_local_bytes < 0:
+            raise ConfigError(f"max_local_bytes: must be 0 (off) or positive, got "
+                              f"{self.max_local_bytes}")
+        if self.advertise:
+            _host_port("advertise", self.advertise)
+        if self.peer_list() and not self.kafka_bootstrap:
+            raise ConfigError("peers: several servers need a changelog (kafka_bootstrap); "
+                              "without one a moved shard would lose commits since its last "
+                              "snapshot")
+        if self.peer_list() and self.object_store_url().startswith("file://"):
+            raise ConfigError("peers: several servers need a shared object store (s3://...)")
+        for peer in self.peer_list():
+            if not peer.startswith("dns:"):
+                _host_port("peers", peer)
         for name in HOT_KEYS:
             if getattr(self.hot, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self.hot, name)}")
@@ -147,6 +171,9 @@ FLAGS: Mapping[str, str] = {
     "--metrics-listen": "metrics_listen",
     "--log-level": "log_level",
     "--log-format": "log_format",
+    "--peers": "peers",
+    "--advertise": "advertise",
+    "--max-local-bytes": "max_local_bytes",
 }
 
 

@@ -31,6 +31,14 @@ class UnavailableError(StateStoreError):
     """A dependency (changelog, object store, disk) failed; nothing was applied."""
 
 
+class WrongServerError(UnavailableError):
+    """The shard is placed on another server; `owner` is its address (clients redirect)."""
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 class ResourceExhaustedError(StateStoreError):
     """A configured limit was reached (staging bytes, disk space, ...)."""
 

@@ -11,8 +11,14 @@ from itertools import islice
 from pathlib import Path
 
 from tierstore import ttl as ttlcodec
+from tierstore.server.cluster import Membership
 from tierstore.server.config import ServerConfig
-from tierstore.server.errors import InvalidArgumentError, StateStoreError, UnavailableError
+from tierstore.server.errors import (
+    InvalidArgumentError,
+    StateStoreError,
+    UnavailableError,
+    WrongServerError,
+)
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.ports import Changelog, ObjectStore
 from tierstore.server.registry import Registry
@@ -21,6 +27,7 @@ from tierstore.server.snapshots import Manifest, SnapshotStore
 from tierstore.server.snapshotter import SnapshotPolicy, Snapshotter
 from tierstore.server.specs import StoreSpec
 from tierstore.server.status import ServerStatus, server_status
+from tierstore.server.tiering import Evictor, TieringPolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,9 @@ class StoreService:
             SnapshotPolicy(cfg.snapshot_every_commits, cfg.snapshot_interval_s),
         )
         self.changelog = changelog
+        self.membership: Membership | None = None  # set by attach_cluster() after binding
+        self.evictor = Evictor(self.registry, self.snapshotter,
+                               TieringPolicy(max_local_bytes=cfg.max_local_bytes))
         # Called after each applied commit with (records, bytes) of its Commit message (metrics).
         self.on_commit: Callable[[int, int], None] | None = None
         self._closed = threading.Event()
@@ -70,6 +80,7 @@ class StoreService:
         ttl_ms: int = 0,
     ) -> tuple[ShardMeta, StoreSpec]:
         self._check_open()
+        self._route(store, partition)
         spec = self.registry.resolve(
             store, type_, num_partitions, window_size_ms, retention_ms, partition=partition,
             ttl_ms=ttl_ms,
@@ -77,8 +88,23 @@ class StoreService:
         shard = self.registry.shard(spec, partition)
         return shard.claim(), spec
 
+    def attach_cluster(self, membership: Membership) -> None:
+        """Serve only the shards the rendezvous placement gives this server."""
+        self.membership = membership
+        membership.start()
+
+    def _route(self, store: str, partition: int) -> None:
+        m = self.membership
+        if m is not None and m.enabled:
+            owner = m.owner(store, partition)
+            if owner != m.cfg.advertise:
+                raise WrongServerError(
+                    f"shard {store}/{partition} is placed on {owner}, not here", owner
+                )
+
     def _owned(self, store: str, partition: int) -> Shard:
         self._check_open()
+        self._route(store, partition)
         spec = self.registry.describe(store)
         return self.registry.shard(spec, partition)
 
@@ -190,10 +216,37 @@ class StoreService:
             for shard in self.registry.open_shards():
                 self.snapshotter.maybe_schedule(shard)
             self.sweep_expired()
+            self.release_moved()
+            if self.cfg.max_local_bytes:
+                self.evictor.run_once()
+
+    def release_moved(self) -> list[str]:
+        """Close shards the placement now gives to another server (a peer joined or came
+        back), after snapshotting their new commits; their next owner restores them."""
+        m = self.membership
+        if m is None or not m.enabled:
+            return []
+        released = []
+        for shard in self.registry.open_shards():
+            if m.owner(shard.spec.name, shard.partition) == m.cfg.advertise:
+                continue
+            try:
+                if shard.commits_since_snapshot:
+                    self.snapshotter.snapshot_now(shard)
+            except (StateStoreError, OSError) as exc:
+                log.warning("releasing %s without a final snapshot: %s", shard.name, exc)
+            self.registry.unload(shard)
+            released.append(shard.name)
+        if released:
+            log.info("released %d shard(s) placed elsewhere: %s", len(released),
+                     ", ".join(released))
+        return released
 
     def shutdown(self, snapshot: bool = True) -> None:
         """Stop taking requests, snapshot shards with new commits, close everything."""
         self._closed.set()
+        if self.membership is not None:
+            self.membership.stop()
         self.snapshotter.stop()
         for shard in self.registry.open_shards():
             if snapshot and shard.commits_since_snapshot > 0:

@@ -60,8 +60,13 @@ def _parse(cls: type[M], data: bytes) -> M:
     return msg
 
 
+OWNER_KEY = "tierstore-owner"  # trailing metadata naming the shard's server (client redirects)
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     code = status_for(exc)
+    if isinstance(exc, errors.WrongServerError):
+        context.set_trailing_metadata(((OWNER_KEY, exc.owner),))
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in %s", method)
         context.abort(code, f"internal error in {method}: {type(exc).__name__}: {exc}")

@@ -48,6 +48,7 @@ def _check(doc: dict[str, Any], name: str) -> None:
     assert doc["ratios"] and all(math.isfinite(v) and v > 0 for v in doc["ratios"].values())
     assert doc["goals"]
     for g in doc["goals"]:
+        assert g["value"] is not None, f"{g['name']}: measurement failed: {doc['notes']}"
         assert g["value"] > 0 and isinstance(g["met"], bool) and g["target"]
 
 

@@ -63,6 +63,12 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-listen": "HOST:PORT to serve Prometheus /metrics on (default: off)",
         "--log-level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
         "--log-format": "text or json (one JSON object per line) (default text)",
+        "--peers": "the servers sharing this object store and changelog: HOST:PORT or "
+        "dns:NAME:PORT, comma-separated (default: none, a single server)",
+        "--advertise": "this server's HOST:PORT as peers and clients reach it "
+        "(default: the listen address)",
+        "--max-local-bytes": "evict idle shards to object storage above this many local bytes "
+        "(default 0: no budget)",
     }
     for flag, field_name in FLAGS.items():
         p.add_argument(flag, dest=field_name, default=None,
