@@ -77,8 +77,11 @@ def _expected(batch: int, j: int, total: int, tail: int) -> tuple[bytes, bytes]:
 
 
 def _timed_claim(root: Path, name: str, store: str, flags: list[str],
-                 profile_dir: Path | None, expect: dict[bytes, bytes]) -> float:
-    """Start a server on an empty data dir, time the claim of store/0, check some values."""
+                 profile_dir: Path | None, expect: dict[bytes, bytes],
+                 notes: list[str]) -> float:
+    """Start a server on an empty data dir, time the claim of store/0, check some values. The
+    server's own log lines about the restore (snapshot download, changelog replay) go to
+    `notes`, which splits the time between the two."""
     data_dir = root / name
     with Server.serve(data_dir, *flags) as server, \
             server.client(timeout_s=CLAIM_TIMEOUT_S) as client:
@@ -92,6 +95,9 @@ def _timed_claim(root: Path, name: str, store: str, flags: list[str],
             raise AssertionError(f"restore {name}: restored values differ from the committed ones")
         kv.close()
         server.kill9()
+        notes.extend(f"{name} server log: {line.split(': ', 1)[-1]}"
+                     for line in server.log_tail(200_000).splitlines()
+                     if "restored snapshot" in line or "replayed" in line)
     return secs
 
 
@@ -133,9 +139,9 @@ def run(size: str = "small", profile_dir: Path | None = None) -> Report:
         raw = _raw_download(s3, root / "raw-download")
         _progress(f"setup {load_s:.1f}s; (c) raw download {raw['seconds']:.2f}s")
         a = _attempt(rep, "(a)", lambda: _timed_claim(root, "a-replay", REPLAY, flags,
-                                                      profile_dir, expect_replay))
+                                                      profile_dir, expect_replay, rep.notes))
         b = _attempt(rep, "(b)", lambda: _timed_claim(root, "b-snapshot", SNAP, flags,
-                                                      profile_dir, expect_snap))
+                                                      profile_dir, expect_snap, rep.notes))
     c = raw["seconds"]
     rep.columns = ["restore", "seconds", "keys/s", "vs (c)"]
     rep.rows = [

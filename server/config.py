@@ -69,6 +69,7 @@ class ServerConfig:
     # comma-separated; advertise is this server's address as peers and clients reach it.
     peers: str = ""
     advertise: str = ""
+    standby_replicas: int = 0  # servers after the owner that follow each shard's changelog
     # Tiering (see tierstore.server.tiering): idle shards over this many local bytes are
     # snapshotted and evicted; 0 means no budget.
     max_local_bytes: int = 0
@@ -113,6 +114,8 @@ class ServerConfig:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format: {self.log_format!r} is not one of "
                               f"{', '.join(LOG_FORMATS)}")
+        if self.standby_replicas < 0:
+            raise ConfigError(f"standby_replicas: must be 0 or more, got {self.standby_replicas}")
         if self.max_local_bytes < 0:
             raise ConfigError(f"max_local_bytes: must be 0 (off) or positive, got "
                               f"{self.max_local_bytes}")
@@ -174,6 +177,7 @@ FLAGS: Mapping[str, str] = {
     "--peers": "peers",
     "--advertise": "advertise",
     "--max-local-bytes": "max_local_bytes",
+    "--standby-replicas": "standby_replicas",
 }
 
 

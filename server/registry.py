@@ -236,6 +236,7 @@ class Registry:
         shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
         if replay is not None:
             shard.epoch_floor = replay.max_epoch
+            shard.log_end = replay.end_offset
         return shard
 
     def unload(self, shard: Shard) -> None:

@@ -44,6 +44,7 @@ class ReplayResult:
     max_epoch: int = 0
     uncommitted_keys: set[bytes] = field(default_factory=set)
     seconds: float = 0.0
+    end_offset: int = -1  # the offset after the last record read: where the next append lands
 
 
 def replay_changelog(
@@ -67,6 +68,8 @@ def replay_changelog(
     last_epoch_raw: bytes | None = None
     last_epoch = 0
     for page in changelog.read(store, partition, meta.changelog_offset):
+        if page:
+            result.end_offset = page[-1].offset + 1
         for rec in page:
             result.records_read += 1
             if rec.key == MARKER_KEY:
@@ -109,4 +112,6 @@ def replay_changelog(
     result.uncommitted_keys = set(pend_keys)
     result.expired_records = drops.skipped if drops is not None else 0
     result.seconds = time.monotonic() - started
+    if result.end_offset < 0:
+        result.end_offset = meta.changelog_offset
     return result

@@ -14,6 +14,7 @@ from tierstore import ttl as ttlcodec
 from tierstore.server.cluster import Membership
 from tierstore.server.config import ServerConfig
 from tierstore.server.errors import (
+    FencedError,
     InvalidArgumentError,
     StateStoreError,
     UnavailableError,
@@ -26,6 +27,7 @@ from tierstore.server.shard import CommitResult, Shard, ShardLimits
 from tierstore.server.snapshots import Manifest, SnapshotStore
 from tierstore.server.snapshotter import SnapshotPolicy, Snapshotter
 from tierstore.server.specs import StoreSpec
+from tierstore.server.standby import Standbys
 from tierstore.server.status import ServerStatus, server_status
 from tierstore.server.tiering import Evictor, TieringPolicy
 
@@ -60,6 +62,7 @@ class StoreService:
         )
         self.changelog = changelog
         self.membership: Membership | None = None  # set by attach_cluster() after binding
+        self.standbys: Standbys | None = None
         self.evictor = Evictor(self.registry, self.snapshotter,
                                TieringPolicy(max_local_bytes=cfg.max_local_bytes))
         # Called after each applied commit with (records, bytes) of its Commit message (metrics).
@@ -85,13 +88,17 @@ class StoreService:
             store, type_, num_partitions, window_size_ms, retention_ms, partition=partition,
             ttl_ms=ttl_ms,
         )
-        shard = self.registry.shard(spec, partition)
+        shard = self._promote(self.registry.shard(spec, partition))
         return shard.claim(), spec
 
     def attach_cluster(self, membership: Membership) -> None:
-        """Serve only the shards the rendezvous placement gives this server."""
+        """Serve only the shards the rendezvous placement gives this server, and follow the
+        shards it is a standby for."""
         self.membership = membership
         membership.start()
+        if self.cfg.standby_replicas > 0:
+            self.standbys = Standbys(self.registry, membership, self.cfg.standby_replicas)
+            self.standbys.start()
 
     def _route(self, store: str, partition: int) -> None:
         m = self.membership
@@ -106,7 +113,35 @@ class StoreService:
         self._check_open()
         self._route(store, partition)
         spec = self.registry.describe(store)
-        return self.registry.shard(spec, partition)
+        return self._promote(self.registry.shard(spec, partition))
+
+    def _promote(self, shard: Shard) -> Shard:
+        """Serve a shard as its owner. A standby copy first catches up to the end of the log.
+        With several servers, the first use on this server also claims it (a new epoch in the
+        changelog), so a previous owner that is still running is fenced: its next append
+        lands after the claim and is refused (Shard.log_end)."""
+        if shard.standby and self.standbys is not None:
+            with shard._lock:
+                if shard.standby:
+                    applied = self.standbys.catch_up(shard)
+                    shard.standby = False
+                    log.info("promoted standby %s (caught up %d records)", shard.name, applied)
+        m = self.membership
+        for _ in range(3):
+            if m is None or not m.enabled or shard.taken_over:
+                return shard
+            try:
+                with shard._lock:
+                    if not shard.taken_over:
+                        meta = shard.claim()
+                        shard.taken_over = True
+                        log.info("took over %s at epoch %d", shard.name, meta.epoch)
+                return shard
+            except FencedError:
+                # The previous owner appended after this server loaded the shard: reload (the
+                # replay includes its commit) and claim again.
+                shard = self.registry.shard(shard.spec, shard.partition)
+        raise UnavailableError(f"shard {shard.name} keeps changing hands; retry")
 
     def stage(
         self, store: str, partition: int, epoch: int, commit_seq: int,
@@ -227,8 +262,12 @@ class StoreService:
         if m is None or not m.enabled:
             return []
         released = []
+        keep = 1 + (self.cfg.standby_replicas if self.standbys is not None else 0)
         for shard in self.registry.open_shards():
-            if m.owner(shard.spec.name, shard.partition) == m.cfg.advertise:
+            if m.cfg.advertise in m.order(shard.spec.name, shard.partition)[:keep]:
+                if m.owner(shard.spec.name, shard.partition) != m.cfg.advertise:
+                    shard.standby = True  # an owner that lost the shard keeps following it
+                    shard.taken_over = False  # and claims it again if it comes back
                 continue
             try:
                 if shard.commits_since_snapshot:
@@ -245,6 +284,8 @@ class StoreService:
     def shutdown(self, snapshot: bool = True) -> None:
         """Stop taking requests, snapshot shards with new commits, close everything."""
         self._closed.set()
+        if self.standbys is not None:
+            self.standbys.stop()
         if self.membership is not None:
             self.membership.stop()
         self.snapshotter.stop()

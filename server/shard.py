@@ -40,7 +40,15 @@ from tierstore.server.errors import (
 )
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.keys import check_keys, check_range, check_values
-from tierstore.server.logproto import CLAIM, COMMIT, data_headers, marker
+from tierstore.server.logproto import (
+    CLAIM,
+    COMMIT,
+    MARKER_KEY,
+    data_headers,
+    header_epoch,
+    marker,
+    parse_marker,
+)
 from tierstore.server.ports import Changelog
 from tierstore.server.specs import StoreSpec
 
@@ -87,6 +95,12 @@ class Shard:
         self.last_snapshot_at = time.monotonic()
         self.last_used = time.monotonic()
         self.epoch_floor = 0  # the newest epoch seen in the changelog, which a claim must pass
+        self.standby = False  # a follower copy (tierstore.server.standby); promoted before use
+        # Where this server's next append must land in the changelog, if known. An append that
+        # lands elsewhere means another writer (a server that took the shard over) appended.
+        self.log_end: int | None = None
+        self.taken_over = False
+        self.claims_here = 0
         self._sweep_from: bytes | None = None  # where the next TTL sweep starts
 
     @property
@@ -107,7 +121,13 @@ class Shard:
             )
             self._drop_stage()
             self._append_and_apply([], [], [], new, kind=CLAIM)
+            self.claims_here += 1
             return new
+
+    def set_repair(self, keys: set[bytes]) -> None:
+        """Keys found uncommitted at the tail of the log by a catch-up replay."""
+        with self._lock:
+            self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
         if epoch != self.meta.epoch:
@@ -262,9 +282,14 @@ class Shard:
                 )
             except UnavailableError:
                 self._repair.update(keys)
+                self.log_end = None  # some records may have landed: the end is unknown now
                 raise
+            start = self.log_end
+            self.log_end = marker_offset + 1
             self._repair.clear()
-            new.changelog_offset = marker_offset + 1
+            if start is not None and marker_offset != start + len(keys):
+                self._foreign_records(start, marker_offset - len(keys), new, set(keys))
+            new.changelog_offset = self.log_end if self.log_end is not None else marker_offset + 1
         if not prepared:
             prepare()
         try:
@@ -275,6 +300,45 @@ class Shard:
             raise
         self.meta = new
         return marker_offset
+
+    def _foreign_records(self, start: int, end: int, new: ShardMeta, ours: set[bytes]) -> None:
+        """Records this server did not write sit in the log at [start, end), before its batch.
+
+        A record of a newer epoch means another server took the shard over: its claim fences
+        this batch on restore, so the commit must not be acknowledged (FencedError; the shard
+        reloads). Records of older epochs are a zombie's writes, dropped on restore: this
+        commit stands, and the zombie's keys are re-appended with their committed values at
+        once, so compaction can never keep a zombie's record over a committed one."""
+        assert self.changelog is not None
+        newest, zombie_keys = 0, set()
+        for page in self.changelog.read(self.spec.name, self.partition, start):
+            for rec in page:
+                if rec.offset >= end:
+                    break
+                m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
+                epoch = m.epoch if m is not None else (header_epoch(rec.headers) or 0)
+                newest = max(newest, epoch)
+                if rec.key != MARKER_KEY:
+                    zombie_keys.add(rec.key)
+            else:
+                continue
+            break
+        if newest > new.epoch:
+            self.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
+                           "another server took the shard over")
+            raise FencedError(
+                f"shard {self.name}: another server took it over (epoch {newest} in the "
+                f"changelog); this commit is not acknowledged. Reopen the store to continue."
+            )
+        repair = sorted(zombie_keys - ours)
+        if repair:
+            mval, mheaders = marker(COMMIT, new.epoch, new.commit_seq, new.offsets)
+            values = self.db.get_many(repair)  # this commit does not touch these keys
+            offset = self.changelog.append_batch(
+                self.spec.name, self.partition, repair, values,
+                data_headers(new.epoch, new.commit_seq), mval, mheaders,
+            )
+            self.log_end = offset + 1
 
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:

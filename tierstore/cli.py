@@ -67,6 +67,8 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "dns:NAME:PORT, comma-separated (default: none, a single server)",
         "--advertise": "this server's HOST:PORT as peers and clients reach it "
         "(default: the listen address)",
+        "--standby-replicas": "servers after each shard's owner that follow its changelog, "
+        "so a failover does not wait for a restore (default 0)",
         "--max-local-bytes": "evict idle shards to object storage above this many local bytes "
         "(default 0: no budget)",
     }
