@@ -73,6 +73,7 @@ class ServerConfig:
     # Tiering (see tierstore.server.tiering): idle shards over this many local bytes are
     # snapshotted and evicted; 0 means no budget.
     max_local_bytes: int = 0
+    evict_idle_s: float = 30.0  # a shard unused this long may be evicted
 
     def object_store_url(self) -> str:
         return self.object_store or (self.data_dir / "snapshots").resolve().as_uri()
@@ -116,6 +117,8 @@ class ServerConfig:
                               f"{', '.join(LOG_FORMATS)}")
         if self.standby_replicas < 0:
             raise ConfigError(f"standby_replicas: must be 0 or more, got {self.standby_replicas}")
+        if self.evict_idle_s < 0:
+            raise ConfigError(f"evict_idle_s: must be 0 or more, got {self.evict_idle_s}")
         if self.max_local_bytes < 0:
             raise ConfigError(f"max_local_bytes: must be 0 (off) or positive, got "
                               f"{self.max_local_bytes}")
@@ -177,6 +180,7 @@ FLAGS: Mapping[str, str] = {
     "--peers": "peers",
     "--advertise": "advertise",
     "--max-local-bytes": "max_local_bytes",
+    "--evict-idle-s": "evict_idle_s",
     "--standby-replicas": "standby_replicas",
 }
 

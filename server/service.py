@@ -64,7 +64,8 @@ class StoreService:
         self.membership: Membership | None = None  # set by attach_cluster() after binding
         self.standbys: Standbys | None = None
         self.evictor = Evictor(self.registry, self.snapshotter,
-                               TieringPolicy(max_local_bytes=cfg.max_local_bytes))
+                               TieringPolicy(max_local_bytes=cfg.max_local_bytes,
+                                             min_idle_s=cfg.evict_idle_s))
         # Called after each applied commit with (records, bytes) of its Commit message (metrics).
         self.on_commit: Callable[[int, int], None] | None = None
         self._closed = threading.Event()
@@ -246,7 +247,8 @@ class StoreService:
             raise UnavailableError("the server is shutting down")
 
     def _tick(self) -> None:
-        period = min(self.cfg.snapshot_interval_s, 5.0)
+        period = min(self.cfg.snapshot_interval_s, 5.0,
+                     max(self.cfg.evict_idle_s, 0.2) if self.cfg.max_local_bytes else 5.0)
         while not self._closed.wait(period):
             for shard in self.registry.open_shards():
                 self.snapshotter.maybe_schedule(shard)

@@ -69,6 +69,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "(default: the listen address)",
         "--standby-replicas": "servers after each shard's owner that follow its changelog, "
         "so a failover does not wait for a restore (default 0)",
+        "--evict-idle-s": "a shard unused this many seconds may be evicted (default 30)",
         "--max-local-bytes": "evict idle shards to object storage above this many local bytes "
         "(default 0: no budget)",
     }
