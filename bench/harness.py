@@ -1,5 +1,5 @@
-"""Shared benchmark plumbing: machine facts, timing, percentiles, deterministic data, the report
-(a plain-text table on stdout plus JSON in the output directory), and polling helpers.
+"""Shared benchmark plumbing: machine facts and load, percentiles, deterministic data, and the
+report (a plain-text table on stdout plus JSON in the output directory).
 
 Every judged figure is a ratio against a baseline measured in the same run on the same machine;
 absolute numbers are printed and recorded, never judged on their own (except where the issue
@@ -16,7 +16,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,13 @@ def revision() -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+                                  timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
     dirty = git("status", "--porcelain", "--", "server", "client", "tierstore")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "uncommitted_changes": [ln[3:] for ln in dirty.splitlines()]}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
+            "uncommitted_changes": [ln[3:] for ln in dirty.splitlines() if ln.strip()]}
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -115,22 +115,6 @@ def latency_summary(ns: Sequence[int]) -> dict[str, float]:
         "max_ms": ms[-1] if ms else 0.0,
         "mean_ms": statistics.fmean(ms) if ms else 0.0,
     }
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds taken by one call of fn."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout_s: float, step_s: float = 0.02) -> None:
-    """Poll `cond` until it is true, or raise TimeoutError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not true within {timeout_s}s")
-        time.sleep(step_s)  # polling interval, not a wait for a server: the deadline bounds it
 
 
 def proc_status_kb(pid: int, field_name: str) -> int:

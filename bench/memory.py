@@ -1,10 +1,11 @@
-"""memory: peak RSS of a server with 100 shards open under a steady write load, against its
-configured memory budget plus the process's fixed baseline.
+"""memory: peak RSS of a server with 100 shards open under a steady write load (20 at --size
+small, to keep the smoke test short), against its configured memory budget plus the process's
+fixed baseline.
 
 The server runs as a subprocess (a `python -c` script calling `serve()` with a custom
 HotTierConfig, which has no command-line flags yet) with a Tansu changelog. Its fixed baseline is
 its RSS when idle with 0 shards (measured right after it starts listening). Then one client
-claims 100 partitions of one store and, round after round, commits 1,000 puts (16-byte keys,
+claims the partitions of one store and, round after round, commits 1,000 puts (16-byte keys,
 100-byte values) to every shard and reads 100 committed keys back from each with `get_many`.
 Peak RSS is VmHWM from /proc/PID/status, or the highest VmRSS sampled every 50 ms if that is
 higher (the kernel updates VmHWM lazily).
@@ -27,7 +28,7 @@ from tests.infra import tansu
 
 MiB = 1024 * 1024
 SIZES = {
-    "small": {"shards": 100, "rounds": 2, "keys": 200, "cache": 16 * MiB, "wbuf": 16 * MiB},
+    "small": {"shards": 20, "rounds": 3, "keys": 500, "cache": 8 * MiB, "wbuf": 8 * MiB},
     "full": {"shards": 100, "rounds": 30, "keys": 1000, "cache": 64 * MiB, "wbuf": 64 * MiB},
 }
 READS = 100

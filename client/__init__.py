@@ -10,6 +10,8 @@ from tierstore.client.interfaces import KeyValueStore, SessionStore, WindowStore
 from tierstore.client.local import LocalKeyValueStore
 from tierstore.client.memory import InMemoryKeyValueStore
 from tierstore.client.partitioner import partition_for
+from tierstore.client.reader import ReadOptions
+from tierstore.client.readers import SessionReader, WindowReader
 from tierstore.client.remote import Client, Reader, RemoteKeyValueStore, connect
 from tierstore.client.tls import TLSConfig
 from tierstore.client.windowed import (
@@ -30,11 +32,14 @@ __all__ = [
     "LocalKeyValueStore",
     "LocalSessionStore",
     "LocalWindowStore",
+    "ReadOptions",
     "Reader",
     "RemoteKeyValueStore",
+    "SessionReader",
     "SessionStore",
     "SessionStoreImpl",
     "TLSConfig",
+    "WindowReader",
     "WindowStore",
     "WindowStoreImpl",
     "connect",

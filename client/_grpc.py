@@ -25,10 +25,28 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.StateStoreError]] = {
 }
 
 
+# Trailing metadata the server sets on a min_offsets timeout (tierstore.server.servicer).
+ERROR_KEY = "tierstore-error"
+OFFSETS_NOT_REACHED = "offsets-not-reached"
+
+
+def _reason(exc: grpc.RpcError) -> str | None:
+    try:
+        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    except Exception:  # an error raised before the call had any metadata
+        return None
+    for key, value in trailing or ():
+        if key == ERROR_KEY:
+            return str(value)
+    return None
+
+
 def translate(exc: grpc.RpcError) -> errors.StateStoreError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     cls = ERROR_OF.get(code, errors.StateStoreError) if code is not None else errors.StateStoreError
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED and _reason(exc) == OFFSETS_NOT_REACHED:
+        cls = errors.OffsetsNotReachedError
     name = code.name if code is not None else "UNKNOWN"
     err = cls(f"{name}: {detail}")
     err.code = code  # type: ignore[attr-defined]

@@ -75,6 +75,7 @@ class BufferedKeyValueStore:
         self._offsets: dict[str, int] = {}
         self._max_value = max_value_bytes
         self._closed = False
+        self._closed_why = "this store handle is closed"
         self._ttl_ms = ttl_ms
         self.clock = ttlcodec.now_ms  # wall-clock ms, for TTL stores (replaceable in tests)
         self._sweep_from: bytes | None = None
@@ -117,7 +118,7 @@ class BufferedKeyValueStore:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosedError("this store handle is closed")
+            raise StoreClosedError(self._closed_why)
 
     def _visible(self, raw: bytes | None) -> bytes | None:
         if raw is None or not self._ttl_ms:

@@ -30,6 +30,14 @@ class UnavailableError(StateStoreError):
     `committed_offsets`."""
 
 
+class OffsetsNotReachedError(UnavailableError):
+    """A reader's `min_offsets` were not reached in time: the shard's committed input offsets
+    stayed below the required ones until the reader's `wait_s` ran out (DEADLINE_EXCEEDED on
+    the wire; the message names the shard, where its offsets are, and what was required).
+    Nothing is wrong with the store: the writer has not committed that far yet. Retry later,
+    wait longer, or read without min_offsets."""
+
+
 class AbortedError(StateStoreError):
     """The commit could not be applied as sent (for example the server lost the writes staged
     for it in a restart). Nothing was applied; reopen and reprocess from committed_offsets."""

@@ -18,10 +18,12 @@ from tierstore.client._grpc import rpc, translate
 from tierstore.client.buffered import BufferedKeyValueStore, Ranges, check_ttl, in_ranges
 from tierstore.client.errors import (
     FencedError,
+    StateStoreError,
     StoreClosedError,
     UnavailableError,
 )
-from tierstore.client.reader import Reader, scan
+from tierstore.client.reader import MinOffsets, Reader, ReadOptions, scan
+from tierstore.client.readers import SessionReader, WindowReader
 from tierstore.client.retention import check_window_params
 from tierstore.client.routing import Router
 from tierstore.client.tls import TLSConfig, channel_security
@@ -77,16 +79,19 @@ class Client:
 
     def call(
         self, store: str, partition: int | None, method: str, request: Any,
-        timeout: float | None = None, retry_unavailable: bool = False,
+        timeout: float | None = None, retry_unavailable: bool = False, stale: bool = False,
     ) -> Any:
-        """A unary call routed to the shard's server (redirects and failover followed)."""
+        """A unary call routed to the shard's server (redirects and failover followed; with
+        `stale`, a standby may answer: see tierstore.client.routing)."""
         shard = (store, partition) if partition is not None else None
         return self.router.call(shard, method, request,
                                 self.timeout_s if timeout is None else timeout,
-                                retry_unavailable=retry_unavailable)
+                                retry_unavailable=retry_unavailable, stale=stale)
 
-    def stream_call(self, store: str, partition: int, method: str, request: Any) -> Iterator[Any]:
-        return self.router.stream((store, partition), method, request)
+    def stream_call(self, store: str, partition: int, method: str, request: Any,
+                    stale: bool = False) -> Iterator[Any]:
+        return self.router.stream((store, partition), method, request, stale=stale,
+                                  timeout=max(self.timeout_s, 30.0))
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         address = self.router.seeds[0]
@@ -164,9 +169,27 @@ class Client:
             kv.close()
             raise
 
-    def reader(self, name: str) -> Reader:
-        """Interactive queries on the committed state of every partition of a store."""
-        return Reader(self, name)
+    def reader(self, name: str, *, allow_stale: bool = False,
+               min_offsets: MinOffsets | None = None, wait_s: float = 10.0) -> Reader:
+        """Interactive queries on the committed state of every partition of a key-value store
+        (a window or session store is refused: use window_reader / session_reader).
+        `allow_stale`: a standby may answer; `min_offsets`: only state whose committed input
+        offsets reach these, waiting up to `wait_s` (tierstore.client.reader)."""
+        return Reader(self, name, ReadOptions(allow_stale, min_offsets, wait_s))
+
+    def window_reader(self, name: str, *, allow_stale: bool = False,
+                      min_offsets: MinOffsets | None = None, wait_s: float = 10.0
+                      ) -> WindowReader:
+        """Interactive queries on a window store: fetch, fetch_range, fetch_all, decoded and
+        with expired windows hidden (tierstore.client.readers); options as for `reader`."""
+        return WindowReader(self, name, ReadOptions(allow_stale, min_offsets, wait_s))
+
+    def session_reader(self, name: str, *, allow_stale: bool = False,
+                       min_offsets: MinOffsets | None = None, wait_s: float = 10.0
+                       ) -> SessionReader:
+        """Interactive queries on a session store: find_sessions, fetch_session, ...;
+        options as for `reader`."""
+        return SessionReader(self, name, ReadOptions(allow_stale, min_offsets, wait_s))
 
     @rpc
     def snapshot(self, store: str, partition: int = -1) -> list[tuple[int, int, int]]:
@@ -343,6 +366,15 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             err = translate(exc)
             if isinstance(err, FencedError):
                 self._closed = True
+            elif isinstance(err, UnavailableError) or type(err) is StateStoreError:
+                # No answer: the commit may have been applied. Its number must not carry other
+                # writes (the server would take them for a retry of it and apply nothing), so
+                # the handle is done: reopen, committed_offsets tell whether it landed.
+                self._closed = True
+                self._closed_why = (
+                    f"commit {self._seq + 1} of {self.name}/{self.partition} got no answer "
+                    f"({err}); it may or may not have been applied: reopen the store and "
+                    "resume from its committed_offsets")
             raise err from exc
         self._seq += 1
         self._staged = 0

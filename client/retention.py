@@ -15,7 +15,8 @@ end) is *expired* once ``t <= stream_time - retention_ms``; Kafka Streams hides 
 
 - Expired entries are invisible to every read of this handle as soon as stream time passes them.
   Others see committed state only, so for them expiry takes effect with the commit that
-  persists that stream time (a window/session reader for interactive queries is not built yet).
+  persists that stream time (`client.window_reader` / `client.session_reader` hide what each
+  partition's committed stream time has expired: tierstore.client.readers).
 - A put into an expired window or session is dropped and counted in `dropped_records` (a count
   for this handle since it was opened), like Kafka Streams' late records; it is not an error.
   Kafka drops late puts per segment; here the drop bound is exactly the read bound, so a put is

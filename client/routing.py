@@ -4,6 +4,12 @@ The client starts from its seed addresses. A server that does not own a shard an
 UNAVAILABLE with the owner's address in the trailing metadata (`tierstore-owner`); the router
 caches that placement and retries there. When a server cannot be reached, the router tries the
 other known servers (one of them owns the shard now, or knows who does) until the deadline.
+
+Stale reads (`stale=True`: the request carries allow_stale) go to the owner as usual; when it
+cannot be reached, the other servers are tried in turn, and a standby of the shard answers at
+once from its copy instead of redirecting. A server that redirects to a server that just
+failed is skipped for the rest of that call, so a stale read does not bounce between a live
+server and the dead owner until the failover.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ class Router:
 
     def call(
         self, shard: tuple[str, int] | None, method: str, request: Any, timeout: float | None,
-        retry_unavailable: bool = False,
+        retry_unavailable: bool = False, stale: bool = False,
     ) -> Any:
         """A unary call to the shard's owner, following redirects. An unreachable server is
         retried (on the other known servers first) until the deadline when there are several
@@ -93,7 +99,7 @@ class Router:
                 if (owner_of(exc) is None and exc.code() is grpc.StatusCode.UNAVAILABLE
                         and not retry_unavailable and len(self._known) < 2):
                     raise
-                nxt = self._next_address(exc, shard, address, tried_down)
+                nxt = self._next_address(exc, shard, address, tried_down, stale)
                 if nxt is None or time.monotonic() >= deadline:
                     raise
                 if nxt == address:
@@ -102,10 +108,11 @@ class Router:
                 address = nxt
 
     def stream(
-        self, shard: tuple[str, int] | None, method: str, request: Any
+        self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,
+        timeout: float = 30.0,
     ) -> Iterator[Any]:
         """A server-streaming call; redirects are followed before the first message."""
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + timeout
         tried_down: set[str] = set()
         address = self.address_for(shard)
         while True:
@@ -118,7 +125,7 @@ class Router:
                 if (owner_of(exc) is None and exc.code() is grpc.StatusCode.UNAVAILABLE
                         and len(self._known) < 2):
                     raise
-                nxt = self._next_address(exc, shard, address, tried_down)
+                nxt = self._next_address(exc, shard, address, tried_down, stale)
                 if nxt is None or time.monotonic() >= deadline:
                     raise
                 if nxt == address:
@@ -131,9 +138,15 @@ class Router:
 
     def _next_address(
         self, exc: grpc.RpcError, shard: tuple[str, int] | None, address: str,
-        tried_down: set[str],
+        tried_down: set[str], stale: bool = False,
     ) -> str | None:
         owner = owner_of(exc)
+        if owner is not None and stale and owner in tried_down:
+            # This server has no standby copy and names an owner that just failed: skip it
+            # too, and keep looking for a standby.
+            self.redirects += 1
+            tried_down.add(address)
+            return self._untried(shard, tried_down, pause=True)
         if owner is not None:
             self.redirects += 1
             if shard is not None:
@@ -147,10 +160,16 @@ class Router:
         with self._lock:
             if shard is not None and self._placement.get(shard) == address:
                 del self._placement[shard]
+        return self._untried(shard, tried_down, pause=stale)
+
+    def _untried(self, shard: tuple[str, int] | None, tried_down: set[str],
+                 pause: bool = False) -> str:
         for candidate in self._candidates(shard):
             if candidate not in tried_down:
                 return candidate
         tried_down.clear()  # every server failed once: start over (a restart may be under way)
+        if pause:
+            time.sleep(0.05)  # a whole round failed: do not spin while a failover runs
         return self._candidates(shard)[0]
 
     def close(self) -> None:

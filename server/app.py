@@ -152,7 +152,10 @@ def serve(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"listening on {running.host}:{running.port}", flush=True)
     sys.stdout.flush()
-    stop.wait()
+    # Wait in slices: a signal delivered to another thread (librdkafka's, gRPC's) does not
+    # interrupt a lock wait, and CPython runs the handler only when the main thread checks.
+    while not stop.wait(0.5):
+        pass
     running.stop()
     log.info("stopped")
     return 0

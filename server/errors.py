@@ -39,6 +39,11 @@ class WrongServerError(UnavailableError):
         self.owner = owner
 
 
+class OffsetsNotReachedError(StateStoreError):
+    """A read's min_offsets were not reached by the shard's committed input offsets before the
+    read's deadline (DEADLINE_EXCEEDED on the wire)."""
+
+
 class ResourceExhaustedError(StateStoreError):
     """A configured limit was reached (staging bytes, disk space, ...)."""
 

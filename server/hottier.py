@@ -140,21 +140,12 @@ class HotTier:
         return int(self._shared.wbm.get_usage())
 
 
-class _KeepAlive:
-    """Iterates rocksdict items while holding their ReadOptions: RocksDB keeps only a pointer to
-    the iterate bounds, so the options must outlive the iterator."""
-
-    __slots__ = ("_it", "_ro")
-
-    def __init__(self, items: Any, ro: ReadOptions) -> None:
-        self._it = iter(items)
-        self._ro = ro
-
-    def __iter__(self) -> _KeepAlive:
-        return self
-
-    def __next__(self) -> tuple[bytes, bytes]:
-        return cast("tuple[bytes, bytes]", next(self._it))
+def _keep_alive(items: Any, ro: ReadOptions) -> Iterator[tuple[bytes, bytes]]:
+    """Iterate rocksdict items while holding their ReadOptions: RocksDB keeps only a pointer to
+    the iterate bounds, so the options must outlive the iterator. `yield from` hands each item
+    through at C speed (a Python __next__ per key cost 63% of a scan)."""
+    keep = ro  # noqa: F841
+    yield from items
 
 
 def _reverse_bounded(
@@ -335,8 +326,8 @@ class ShardDB:
             if upper is not None:
                 ro.set_iterate_upper_bound(upper)
             if lower is None:
-                return _KeepAlive(self._db.items(read_opt=ro), ro)
-            return _KeepAlive(self._db.items(from_key=lower, read_opt=ro), ro)
+                return _keep_alive(self._db.items(read_opt=ro), ro)
+            return _keep_alive(self._db.items(from_key=lower, read_opt=ro), ro)
         # Backward: rocksdict mishandles iterate_lower_bound with seek_for_prev, so the lower
         # bound is checked here; the start is the last key <= the upper end.
         if upper is None:
@@ -366,15 +357,21 @@ class ShardDB:
         self._db.flush_wal(True)
 
     def close(self) -> None:
+        """Flush and close. A failure (e.g. disk full) raises UnavailableError; the database is
+        closed anyway, and what the flush lost is in the changelog (or the fsynced WAL)."""
         if not self.closed:
             self.closed = True
             try:
-                if self.disable_wal:
-                    self._db.flush()  # memtables hold writes no WAL has
-                else:
-                    self._db.flush_wal(True)
-            finally:
-                # The column-family objects hold the database open (and its LOCK) until freed.
-                self._meta = None
-                self._meta_cf = None
-                self._db.close()
+                try:
+                    if self.disable_wal:
+                        self._db.flush()  # memtables hold writes no WAL has
+                    else:
+                        self._db.flush_wal(True)
+                finally:
+                    # The column-family objects hold the database open (and its LOCK) until
+                    # freed.
+                    self._meta = None
+                    self._meta_cf = None
+                    self._db.close()
+            except Exception as exc:
+                raise _wrap(exc, f"closing shard {self.path}") from exc

@@ -27,7 +27,9 @@ class KafkaConfig:
     message_timeout_ms: int = 30_000  # bounds one append's wait for its acknowledgements
     request_timeout_ms: int = 10_000
     admin_timeout_ms: int = 30_000
-    fetch_wait_max_ms: int = 10  # a fetch at the end waits this long: the latency of EOF (>= 1)
+    # A fetch at the end waits this long (the latency of EOF). 10 ms starved long reads on
+    # Tansu once a changelog held ~2M records (bench/diag_fetch.py); 100 ms reads them fully.
+    fetch_wait_max_ms: int = 100
     fetch_max_bytes: int = 64 * MiB
     read_page_records: int = 1_000
     read_idle_timeout_ms: int = 30_000  # a read with neither a record nor EOF this long fails

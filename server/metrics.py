@@ -219,6 +219,16 @@ class StateCollector(Collector):
                 g.add_metric([s.store, str(s.partition)], getattr(s, attr))
             yield g
         yield from self._restores()
+        yield self._standby_lag()
+
+    def _standby_lag(self) -> Metric:
+        g = _gauge("tierstore_standby_lag_seconds", "Standby copies followed here: seconds "
+                   "since the copy last caught up to the end of the shard's changelog", SHARD)
+        standbys = self.svc.standbys
+        for name, lag in sorted((standbys.lag_seconds() if standbys is not None else {}).items()):
+            store, _, partition = name.rpartition("/")
+            g.add_metric([store, partition], lag)
+        return g
 
     def _restores(self) -> Iterator[Metric]:
         """The last load of each shard: snapshot download, then changelog replay."""

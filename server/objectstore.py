@@ -33,7 +33,13 @@ import boto3
 import boto3.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from tierstore.server.errors import ObjectNotFoundError, ObjectStoreError
 from tierstore.server.ports import ObjectInfo, ObjectStore
@@ -42,6 +48,7 @@ _TMP_PREFIX = ".tmp."  # temporary files of atomic writes; never listed, never a
 _COPY_CHUNK = 1 << 20
 _DELETE_CHUNK = 1000  # the most keys one DeleteObjects request accepts
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError)
 
 
 def _fsync_path(path: Path | str, directory: bool = False) -> None:
@@ -290,10 +297,18 @@ class S3ObjectStore:
             self._client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer)
 
     def get_bytes(self, key: str) -> bytes:
-        with self._errors("get", key):
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            body: bytes = resp["Body"].read()
-            return body
+        # botocore retries a request, but not the reading of its streamed body: a connection
+        # lost mid-body is retried here, as download_file (s3transfer) does for files.
+        for attempt in range(1, self.config.max_attempts + 1):
+            with self._errors("get", key):
+                resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+                try:
+                    body: bytes = resp["Body"].read()
+                except _BODY_ERRORS:
+                    if attempt >= self.config.max_attempts:
+                        raise
+                    continue
+                return body
         raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
     def get_file(self, key: str, path: Path) -> None:

@@ -183,6 +183,12 @@ class Registry:
                     self._shards[key] = sh
             return sh
 
+    def peek(self, store: str, partition: int) -> Shard | None:
+        """The shard if it is open here and usable, without loading anything."""
+        with self._lock:
+            sh = self._shards.get((store, partition))
+        return sh if sh is not None and not sh.broken and not sh.db.closed else None
+
     def open_shards(self) -> list[Shard]:
         with self._lock:
             return list(self._shards.values())

@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 from tierstore import ttl as ttlcodec
@@ -20,6 +20,7 @@ from tierstore.server.errors import (
     UnavailableError,
     WrongServerError,
 )
+from tierstore.server.freshness import ReadFreshness, ReadRouter
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.ports import Changelog, ObjectStore
 from tierstore.server.registry import Registry
@@ -34,6 +35,23 @@ from tierstore.server.tiering import Evictor, TieringPolicy
 log = logging.getLogger(__name__)
 
 TTL_SWEEP_GRACE_MS = 5_000  # the server sweeps an entry this long after its expiry
+
+
+def _split_by_bytes(
+    chunk: list[tuple[bytes, bytes]], budget: int
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Split a page so each part stays under `budget` bytes (one entry always fits a part)."""
+    part: list[tuple[bytes, bytes]] = []
+    size = 0
+    for k, v in chunk:
+        n = len(k) + len(v) + 16  # 16: field tags and length prefixes, generously
+        if part and size + n > budget:
+            yield part
+            part, size = [], 0
+        part.append((k, v))
+        size += n
+    if part:
+        yield part
 
 
 class StoreService:
@@ -63,6 +81,7 @@ class StoreService:
         self.changelog = changelog
         self.membership: Membership | None = None  # set by attach_cluster() after binding
         self.standbys: Standbys | None = None
+        self.reads = ReadRouter(self)  # reader options: stale reads, min_offsets waits
         self.evictor = Evictor(self.registry, self.snapshotter,
                                TieringPolicy(max_local_bytes=cfg.max_local_bytes,
                                              min_idle_s=cfg.evict_idle_s))
@@ -170,13 +189,14 @@ class StoreService:
                            + sum(map(len, delete_keys)))
         return result
 
-    def get(self, store: str, partition: int, epoch: int, keys: Sequence[bytes]
-            ) -> list[bytes | None]:
-        return self._owned(store, partition).get_many(epoch, keys)
+    def get(self, store: str, partition: int, epoch: int, keys: Sequence[bytes],
+            fresh: ReadFreshness | None = None) -> list[bytes | None]:
+        return self.reads.shard(store, partition, epoch, fresh).get_many(epoch, keys)
 
     def scan(
         self, store: str, partition: int, epoch: int, from_key: bytes | None,
         to_key: bytes | None, prefix: bytes | None, reverse: bool, page_size: int, limit: int,
+        fresh: ReadFreshness | None = None,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         """Pages of at most scan_page_size entries and (unless one entry is larger) half of
         max_message_bytes, so that a page always fits in a gRPC message and one scan holds
@@ -185,26 +205,24 @@ class StoreService:
             raise InvalidArgumentError("page_size and limit must be non-negative")
         page = min(page_size or self.cfg.scan_page_size, self.cfg.scan_page_size)
         budget = self.cfg.max_message_bytes // 2  # the other half: framing, with room to spare
-        items = self._owned(store, partition).scan(epoch, from_key, to_key, prefix, reverse)
+        shard = self.reads.shard(store, partition, epoch, fresh)
+        items = shard.scan(epoch, from_key, to_key, prefix, reverse)
         if limit:  # a uint64 on the wire; islice refuses more than sys.maxsize
             items = islice(items, min(limit, sys.maxsize))
-        chunk: list[tuple[bytes, bytes]] = []
-        size = 0
-        for k, v in items:
-            n = len(k) + len(v) + 16  # 16: field tags and length prefixes, generously
-            if chunk and size + n > budget:
+        while True:
+            # Whole pages at C speed; the byte check is a sum over the page, and only a page
+            # over the byte budget (large values) is split entry by entry.
+            chunk = list(islice(items, page))
+            if not chunk:
+                return
+            if sum(map(len, chain.from_iterable(chunk))) + 16 * len(chunk) <= budget:
                 yield chunk
-                chunk, size = [], 0
-            chunk.append((k, v))
-            size += n
-            if len(chunk) >= page:
-                yield chunk
-                chunk, size = [], 0
-        if chunk:
-            yield chunk
+            else:
+                yield from _split_by_bytes(chunk, budget)
 
-    def count(self, store: str, partition: int) -> int:
-        return self._owned(store, partition).count()
+    def count(self, store: str, partition: int, fresh: ReadFreshness | None = None,
+              epoch: int = 0) -> int:
+        return self.reads.shard(store, partition, epoch, fresh).count()
 
     def close_shard(self, store: str, partition: int, epoch: int) -> None:
         self._owned(store, partition).release(epoch)

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from tierstore.server import errors
+from tierstore.server.freshness import ReadFreshness
 from tierstore.server.service import StoreService
 from tierstore.v1 import store_pb2 as pb
 
@@ -28,6 +29,7 @@ STATUS_OF: tuple[tuple[type[errors.StateStoreError], grpc.StatusCode], ...] = (
     (errors.StoreNotFoundError, grpc.StatusCode.NOT_FOUND),
     (errors.FencedError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.AbortedError, grpc.StatusCode.ABORTED),
+    (errors.OffsetsNotReachedError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.SnapshotCorruptError, grpc.StatusCode.DATA_LOSS),
     (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
@@ -61,16 +63,32 @@ def _parse(cls: type[M], data: bytes) -> M:
 
 
 OWNER_KEY = "tierstore-owner"  # trailing metadata naming the shard's server (client redirects)
+# Trailing metadata telling a min_offsets timeout apart from a client-side deadline.
+ERROR_KEY = "tierstore-error"
+OFFSETS_NOT_REACHED = "offsets-not-reached"
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     code = status_for(exc)
     if isinstance(exc, errors.WrongServerError):
         context.set_trailing_metadata(((OWNER_KEY, exc.owner),))
+    elif isinstance(exc, errors.OffsetsNotReachedError):
+        context.set_trailing_metadata(((ERROR_KEY, OFFSETS_NOT_REACHED),))
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in %s", method)
         context.abort(code, f"internal error in {method}: {type(exc).__name__}: {exc}")
     context.abort(code, str(exc))
+
+
+def _freshness(req: pb.GetRequest | pb.ScanRequest | pb.CountRequest,
+               context: grpc.ServicerContext) -> ReadFreshness | None:
+    """The reader options of a request; a min_offsets wait is bounded by the call's deadline
+    and stops if the call is cancelled."""
+    if not req.allow_stale and not req.min_offsets:
+        return None
+    remaining = context.time_remaining()
+    return ReadFreshness(req.allow_stale, dict(req.min_offsets), req.min_offsets_wait_ms,
+                         deadline_s=remaining, active=context.is_active)
 
 
 def _type_name(t: int) -> str:
@@ -127,7 +145,8 @@ class Servicer:
 
     def Get(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         req = _parse(pb.GetRequest, data)
-        values = self.svc.get(req.store, req.partition, req.epoch, list(req.keys))
+        values = self.svc.get(req.store, req.partition, req.epoch, list(req.keys),
+                              _freshness(req, context))
         found = [v is not None for v in values]
         return pb.GetResponse(
             values=[v if v is not None else b"" for v in values], found=found
@@ -139,7 +158,7 @@ class Servicer:
             req.store, req.partition, req.epoch,
             req.from_key if req.HasField("from_key") else None,
             req.to_key if req.HasField("to_key") else None,
-            req.prefix or None, req.reverse, req.page_size, req.limit,
+            req.prefix or None, req.reverse, req.page_size, req.limit, _freshness(req, context),
         )
         for page in pages:
             msg = pb.ScanPage()
@@ -149,7 +168,7 @@ class Servicer:
 
     def Count(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         req = _parse(pb.CountRequest, data)
-        n = self.svc.count(req.store, req.partition)
+        n = self.svc.count(req.store, req.partition, _freshness(req, context), req.epoch)
         return pb.CountResponse(approximate_num_entries=n).SerializeToString()
 
     def Close(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -198,7 +217,8 @@ class Servicer:
                     last_snapshot_id=s.last_snapshot_id,
                     last_snapshot_bytes=s.last_snapshot_bytes,
                     replayed_records=s.replayed_records, replay_seconds=s.replay_seconds,
-                    broken=s.broken,
+                    broken=s.broken, standby=s.standby,
+                    standby_lag_seconds=s.standby_lag_seconds,
                 )
                 for s in st.shards
             ],

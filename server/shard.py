@@ -10,7 +10,8 @@ Commit protocol (docs/protocol.md):
    (fsynced when there is no changelog: then that write is the durability point).
 If step 3 fails, nothing is applied locally and the keys it may have left in the log are
 overwritten with their committed values by the next append (the repair). If step 4 fails after
-step 3, the shard is marked broken, so its next use reloads it from disk plus the changelog.
+step 3 (or, without a changelog, at all), the shard is marked broken, so its next use reloads it
+from disk (plus the changelog).
 
 Window and session stores' commits may carry range deletes that drop expired segments
 (server/segments.py): they apply after the staged writes and before the commit's own batch, in
@@ -295,8 +296,12 @@ class Shard:
         try:
             self.db.write_prepared(prepared[0], new, sync=self.changelog is None)
         except UnavailableError as exc:
-            if self.changelog is not None:
-                self.broken = f"local write failed after the changelog append: {exc}"
+            # Reload before the next use: with a changelog the commit is durable in the log and
+            # the replay applies it; without one nothing was applied, and reopening the
+            # database clears RocksDB's error state (e.g. a WAL append that hit a full disk,
+            # which RocksDB does not always recover from by itself once space returns).
+            self.broken = (f"local write failed after the changelog append: {exc}"
+                           if self.changelog is not None else f"local write failed: {exc}")
             raise
         self.meta = new
         return marker_offset

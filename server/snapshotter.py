@@ -38,6 +38,7 @@ class Snapshotter:
         self._queue: queue.Queue[Shard | None] = queue.Queue()
         self._queued: set[int] = set()
         self._qlock = threading.Lock()
+        self._serials: dict[tuple[str, int], threading.Lock] = {}  # one snapshot at a time
         self._thread = threading.Thread(target=self._run, name="snapshotter", daemon=True)
         self._thread.start()
         self.taken = 0
@@ -60,20 +61,41 @@ class Snapshotter:
                 self._queued.add(id(shard))
             self._queue.put(shard)
 
+    def _serial(self, shard: Shard) -> threading.Lock:
+        with self._qlock:
+            return self._serials.setdefault((shard.spec.name, shard.partition), threading.Lock())
+
     def snapshot_now(self, shard: Shard) -> Manifest:
-        """Checkpoint and upload synchronously. Raises StateStoreError on failure."""
+        """Checkpoint and upload synchronously. Raises StateStoreError on failure.
+
+        Snapshots of one shard never overlap (SnapshotStore requires it: the gc that ends one
+        upload could delete a stored file that an overlapping upload found and did not upload
+        again, and its manifest would then name a missing file). The shard's snapshot lock is
+        taken only while holding the shard's lock, and waited for outside it (unless the caller
+        holds the shard's lock, as eviction does: then no other snapshot can be checkpointing,
+        so the one it waits for is uploading and needs no shard lock)."""
         tmp = self.tmp_dir / f"ckpt-{uuid.uuid4().hex}"
         started = time.monotonic()
+        serial = self._serial(shard)
         try:
-            with shard._lock:
-                shard._check_usable()
-                if shard.db.closed:
-                    raise UnavailableError(f"shard {shard.name} is closed")
-                shard.db.checkpoint(tmp)
-                meta = shard.meta
-                commits = shard.commits_since_snapshot
-                shard.commits_since_snapshot = 0
-                shard.last_snapshot_at = time.monotonic()
+            while True:
+                with shard._lock:
+                    if serial.acquire(blocking=False):
+                        try:
+                            shard._check_usable()
+                            if shard.db.closed:
+                                raise UnavailableError(f"shard {shard.name} is closed")
+                            shard.db.checkpoint(tmp)
+                        except BaseException:
+                            serial.release()
+                            raise
+                        meta = shard.meta
+                        commits = shard.commits_since_snapshot
+                        shard.commits_since_snapshot = 0
+                        shard.last_snapshot_at = time.monotonic()
+                        break
+                with serial:  # another snapshot of this shard is under way: wait for its end
+                    pass
             try:
                 manifest = self.store.upload(
                     shard.spec.name,
@@ -85,9 +107,11 @@ class Snapshotter:
                     committed_offsets=dict(meta.offsets),
                 )
             except BaseException:
+                serial.release()
                 with shard._lock:
                     shard.commits_since_snapshot += commits
                 raise
+            serial.release()
             self.taken += 1
             if self.on_snapshot is not None:
                 self.on_snapshot(shard, manifest, time.monotonic() - started)

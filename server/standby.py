@@ -65,9 +65,16 @@ class Standbys:
         return out
 
     def lag_seconds(self) -> dict[str, float]:
+        """Per shard open here as a standby ("store/partition"): seconds since its copy last
+        caught up to the end of the changelog. Healthy: under `interval_s` plus one catch-up;
+        it grows while the changelog cannot be read. A standby not caught up even once yet
+        is left out; promoted shards are not standbys any more."""
         now = time.monotonic()
+        copies = {(sh.spec.name, sh.partition) for sh in self.registry.open_shards()
+                  if sh.standby}
         with self._lock:
-            return {f"{s}/{p}": now - st.caught_up_at for (s, p), st in self.state.items()}
+            return {f"{s}/{p}": now - st.caught_up_at for (s, p), st in self.state.items()
+                    if (s, p) in copies}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -104,13 +111,14 @@ class Standbys:
         if changelog is None:
             return 0
         with shard._lock:
-            if shard.db.closed:
-                return 0
+            if shard.db.closed or not shard.standby:
+                return 0  # closed, or promoted meanwhile: the owner's log position is its own
             result = replay_changelog(shard.db, changelog, shard.spec.name, shard.partition,
                                       spec=shard.spec)
             before = shard.meta.commit_seq, shard.meta.epoch
             shard.meta = shard.db.read_meta()
-            if (shard.meta.commit_seq, shard.meta.epoch) != before:
+            first = (shard.spec.name, shard.partition) not in self.state
+            if first or (shard.meta.commit_seq, shard.meta.epoch) != before:
                 log.info("standby %s at commit %d (epoch %d)", shard.name,
                          shard.meta.commit_seq, shard.meta.epoch)
             shard.epoch_floor = max(shard.epoch_floor, result.max_epoch)

@@ -39,6 +39,8 @@ class ShardStatus:
     replayed_records: int
     replay_seconds: float
     broken: bool
+    standby: bool = False  # a follower copy: this server does not own the shard
+    standby_lag_seconds: float = 0.0  # standbys: since the copy last reached the log's end
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def _safe_int(fn: Callable[[], int]) -> int:
         return 0
 
 
-def shard_status(svc: StoreService, shard: Shard) -> ShardStatus:
+def shard_status(svc: StoreService, shard: Shard,
+                 lags: dict[str, float] | None = None) -> ShardStatus:
     now = time.monotonic()
     key = (shard.spec.name, shard.partition)
     meta = shard.meta
@@ -93,6 +96,8 @@ def shard_status(svc: StoreService, shard: Shard) -> ShardStatus:
         replayed_records=report.replay.records_read if report and report.replay else 0,
         replay_seconds=report.replay.seconds if report and report.replay else 0.0,
         broken=bool(shard.broken),
+        standby=shard.standby,
+        standby_lag_seconds=(lags or {}).get(shard.name, 0.0) if shard.standby else 0.0,
     )
 
 
@@ -104,11 +109,12 @@ def server_status(svc: StoreService, store: str = "", list_stores: bool = False)
         key=lambda s: (s.spec.name, s.partition),
     )
     stores = [s.name for s in svc.registry.list_specs()] if list_stores else []
+    lags = svc.standbys.lag_seconds() if svc.standbys is not None else {}
     return ServerStatus(
         version=__version__,
         object_store=svc.snapshots.objects.describe(),
         changelog=svc.cfg.kafka_bootstrap,
-        shards=[shard_status(svc, s) for s in shards],
+        shards=[shard_status(svc, s, lags) for s in shards],
         block_cache_usage_bytes=svc.hot.block_cache_usage(),
         block_cache_capacity_bytes=svc.hot.cfg.block_cache_bytes,
         memtable_usage_bytes=svc.hot.memtable_usage(),

@@ -1,10 +1,17 @@
 """Three servers on loopback sharing a real Tansu broker and a real S3 server (moto): placement,
-redirects, interactive queries across servers, and a kill -9 of one server under a read loop."""
+redirects, interactive queries across servers, a kill -9 of one server under a read loop,
+standby replicas, and reads from a standby (allow_stale, min_offsets, standby lag)."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +21,7 @@ from tests.infra import Broker, S3Server, free_port
 from tests.serverproc import ServerProc
 from tierstore.client import connect, errors, partition_for
 from tierstore.server.cluster import placement
+from tierstore.v1 import store_pb2 as pb
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -27,7 +35,7 @@ class Cluster:
         self.tmp = tmp
         self.common = {
             "kafka": broker.bootstrap,
-            "object_store": f"s3://{bucket}/ts",
+            "object_store": f"s3://{bucket}/{tmp.name}",  # one prefix per cluster
             "s3_endpoint": s3.endpoint,
         }
         self.procs: dict[str, ServerProc] = {}
@@ -57,6 +65,27 @@ class Cluster:
     def close(self) -> None:
         for p in self.procs.values():
             p.close()
+
+
+def inspect_shard(address: str, store: str, partition: int) -> pb.ShardStatus | None:
+    """The shard as `address` reports it in Inspect (None: not open there)."""
+    with connect(address) as c:
+        resp = c.stub.Inspect(pb.InspectRequest(store=store), timeout=10)
+    return next((s for s in resp.shards if s.partition == partition), None)
+
+
+def wait_standby(address: str, store: str, partition: int, offsets: dict[str, int],
+                 timeout_s: float = 60.0) -> pb.ShardStatus:
+    """Until `address` follows the shard as a standby with these committed offsets applied."""
+    deadline = time.monotonic() + timeout_s
+    st = None
+    while time.monotonic() < deadline:
+        st = inspect_shard(address, store, partition)
+        if (st is not None and st.standby
+                and all(st.committed_offsets.get(n, -1) >= o for n, o in offsets.items())):
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"{address} never caught up as a standby of {store}/{partition}: {st}")
 
 
 @pytest.fixture
@@ -211,12 +240,10 @@ def _time_failover(
         owner, successor = placement(c.addresses, store, 0)[:2]
         commits = len(range(0, keys, 5000))
         if replicas:
-            # Wait until the successor follows the shard and has applied every commit.
-            line = f"standby {store}/0 at commit {commits} "
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and line not in c.procs[successor].log():
-                time.sleep(0.1)
-            assert line in c.procs[successor].log(), "the standby never caught up"
+            # Wait until the successor follows the shard and has applied every commit (its
+            # Inspect answer; a log line would miss a standby loaded after the last commit).
+            st = wait_standby(successor, store, 0, {"in:0": (commits - 1) * 5000})
+            assert st.commit_seq == commits
         reader = connect(successor, timeout_s=60).reader(store)
         c.procs[owner].kill9()
         killed = time.monotonic()
@@ -229,8 +256,132 @@ def _time_failover(
 def test_standby_replicas_make_failover_faster(
     tmp_path: Path, broker: Broker, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    without, n = _time_failover(tmp_path, broker, s3_server, s3_bucket, 0, 60_000)
-    with_standby, _ = _time_failover(tmp_path, broker, s3_server, s3_bucket, 1, 60_000)
+    without, n = _time_failover(tmp_path, broker, s3_server, s3_bucket, 0, 150_000)
+    with_standby, _ = _time_failover(tmp_path, broker, s3_server, s3_bucket, 1, 150_000)
     print(f"\nfailover of a {n}-key shard with no snapshot: first read {without:.2f} s after "
           f"the kill without standbys, {with_standby:.2f} s with --standby-replicas 1")
     assert with_standby < without
+
+
+def _metrics_port(proc: ServerProc) -> int:
+    found = re.search(r"metrics on http://[\d.]+:(\d+)/metrics", proc.log_path.read_text())
+    assert found, "the server did not log its metrics address"
+    return int(found.group(1))
+
+
+def test_stale_reads_from_a_standby_while_the_owner_is_down(
+    tmp_path: Path, broker: Broker, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """allow_stale: a standby answers at once while the owner is down, long before the
+    failover; min_offsets answered by a standby catching up; standby lag in inspect and
+    metrics."""
+    c = Cluster(tmp_path, broker, s3_server, s3_bucket)
+    store = "stale"
+    try:
+        for a in c.addresses:
+            c.start(a, "--standby-replicas", "1", "--metrics-listen", "127.0.0.1:0")
+        c.wait_formed()
+        target = ",".join(c.addresses)
+        owner, standby, third = placement(c.addresses, store, 0)
+        writer = connect(target, timeout_s=30)
+        kv = writer.key_value_store(store, partition=0, num_partitions=1)
+        reference: dict[bytes, bytes] = {}
+        for batch in range(3):
+            items = [(b"k%05d" % i, b"v%d-%d" % (batch, i)) for i in range(batch, 3000, 3)]
+            kv.put_all(items)
+            reference.update(items)
+            kv.commit({"in:0": (batch + 1) * 1000})
+
+        # Standby lag per shard: Inspect, `tierstore inspect --server`, and the metrics gauge.
+        st = wait_standby(standby, store, 0, {"in:0": 3000})
+        assert 0 <= st.standby_lag_seconds < 5, st.standby_lag_seconds
+        own = inspect_shard(owner, store, 0)
+        assert own is not None and not own.standby
+        assert inspect_shard(third, store, 0) is None  # neither owner nor standby: nothing open
+        cli = [sys.executable, "-m", "tierstore", "inspect", "--server", standby, "--store", store]
+        text = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
+        role = re.search(r"standby \(lag \d+\.\ds\)", text)
+        assert role, text
+        doc = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True,
+                                        timeout=60, check=True).stdout)
+        (shard_doc,) = doc["shards"]
+        assert shard_doc["standby"] is True and shard_doc["standby_lag_seconds"] < 5
+        port = _metrics_port(c.procs[standby])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        gauge = re.search(r'tierstore_standby_lag_seconds\{partition="0",store="stale"\} '
+                          r"([\d.e+-]+)", metrics)
+        assert gauge and float(gauge.group(1)) < 5, metrics[-2000:]
+
+        # min_offsets on a standby (no redirect to the owner): at once, then after a commit
+        # that lands during the wait (the standby catches up on demand).
+        at_standby = connect(standby, timeout_s=30)
+        fresh = at_standby.reader(store, allow_stale=True, min_offsets={"in:0": 3000})
+        assert fresh.get(b"k00001") == reference[b"k00001"]
+
+        def commit_later() -> None:
+            time.sleep(1.0)
+            kv.put(b"k00001", b"newer")
+            kv.commit({"in:0": 3001})
+
+        t = threading.Thread(target=commit_later)
+        t.start()
+        started = time.monotonic()
+        newer = at_standby.reader(store, allow_stale=True, min_offsets={"in:0": 3001})
+        assert newer.get(b"k00001") == b"newer"
+        standby_wait = time.monotonic() - started
+        t.join()
+        reference[b"k00001"] = b"newer"
+        with pytest.raises(errors.OffsetsNotReachedError, match=r"stale/0 \(standby copy\) is at "
+                           r"\{'in:0': 3001\}, below the required \{'in:0': 9999\} after 0.5 s"):
+            at_standby.reader(store, allow_stale=True, min_offsets={"in:0": 9999},
+                              wait_s=0.5).get(b"k00001")
+        assert at_standby.router.redirects == 0  # all answered by the standby itself
+        kv.close()
+
+        # kill -9 of the owner: a stale read is answered by the standby at once; a plain
+        # read waits for the failover (detection, promotion of the standby, a new epoch).
+        stale = connect(target, timeout_s=30).reader(store, allow_stale=True)
+        plain = connect(target, timeout_s=30).reader(store)
+        assert stale.get(b"k00002") == plain.get(b"k00002") == reference[b"k00002"]
+        c.procs[owner].kill9()
+        killed = time.monotonic()
+        assert stale.get(b"k00001") == b"newer"
+        stale_s = time.monotonic() - killed
+        promoted_before = "promoted standby" in c.procs[standby].log_path.read_text()
+        assert dict(stale.all()) == reference  # scans too
+        stale_scan_s = time.monotonic() - killed
+        failover: list[float] = []
+
+        def plain_read() -> None:
+            assert plain.get(b"k00001") == b"newer"
+            failover.append(time.monotonic() - killed)
+
+        waiter = threading.Thread(target=plain_read)
+        waiter.start()
+        # Stale reads in a loop through the failover (promotion of the standby included):
+        # the longest single read is the longest time a stale reader goes unanswered.
+        longest, reads = 0.0, 0
+        while waiter.is_alive() or time.monotonic() - killed < (failover or [0])[0] + 1.0:
+            started = time.monotonic()
+            assert stale.get(b"k%05d" % (reads % 3000)) == reference[b"k%05d" % (reads % 3000)]
+            longest = max(longest, time.monotonic() - started)
+            reads += 1
+            if time.monotonic() - killed > 60:
+                raise AssertionError("the plain read never came back")
+        waiter.join()
+        assert failover, "the plain read failed (see the thread's exception above)"
+        failover_s = failover[0]
+        print(f"\nstandby {standby} of {store}/0: inspect says {role.group(0)!r} (lag "
+              f"{st.standby_lag_seconds:.2f} s), gauge {float(gauge.group(1)):.2f} s; a "
+              f"min_offsets read on the standby waited {standby_wait:.2f} s for a commit "
+              f"landing 1 s in\nkill -9 of the owner {owner}: stale read answered by the "
+              f"standby {stale_s * 1000:.0f} ms after the kill (a stale scan of "
+              f"{len(reference)} keys done at {stale_scan_s:.2f} s); plain read after the "
+              f"failover {failover_s:.2f} s after the kill; {reads} stale reads through the "
+              f"failover, the longest {longest * 1000:.0f} ms")
+        assert not promoted_before, "the stale read came after the failover"
+        assert stale_s < failover_s
+        assert dict(plain.all()) == reference
+    finally:
+        c.close()

@@ -1,7 +1,8 @@
 """`tierstore inspect`: what a running server holds, or what an object store holds.
 
 With --server: the shards open on that server (owner epoch, commit sequence, changelog offset,
-committed input offsets, local size, commits since the last snapshot) and its memory use.
+committed input offsets, local size, commits since the last snapshot, and whether the server
+owns the shard or follows it as a standby, with the standby's lag) and its memory use.
 With --object-store (offline, no server needed): every store and, per shard, its snapshots with
 ids, ages, sizes and changelog offsets, newest first.
 """
@@ -102,14 +103,21 @@ def _online(args: argparse.Namespace) -> int:
         return OK
     print(table(
         ["STORE", "PART", "TYPE", "EPOCH", "SEQ", "CHANGELOG", "LOCAL", "KEYS~", "UNSNAPPED",
-         "LAST_SNAP", "IDLE", "LOADED_FROM", "OFFSETS"],
+         "LAST_SNAP", "IDLE", "LOADED_FROM", "ROLE", "OFFSETS"],
         [[s["store"], s["partition"], s["type"], s["epoch"], s["commit_seq"],
           s["changelog_offset"], human_bytes(s["local_bytes"]), s["approximate_num_entries"],
           s["commits_since_snapshot"], human_age(s["seconds_since_snapshot"]) + " ago",
           human_age(s["idle_seconds"]), (s["load_source"] or "-") + (" BROKEN" * s["broken"]),
-          s["committed_offsets"]] for s in shards],
+          _role(s), s["committed_offsets"]] for s in shards],
     ))
     return OK
+
+
+def _role(s: dict[str, Any]) -> str:
+    """"owner", or "standby (lag 0.3s)": a follower copy and how long since it caught up."""
+    if not s["standby"]:
+        return "owner"
+    return f"standby (lag {s['standby_lag_seconds']:.1f}s)"
 
 
 # --- an object store, offline -------------------------------------------------------------------

@@ -383,16 +383,53 @@ Global___CommitResponse: _TypeAlias = CommitResponse  # noqa: Y015
 class GetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MinOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STORE_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
+    ALLOW_STALE_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_WAIT_MS_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     partition: _builtins.int
     epoch: _builtins.int
     """the owner's epoch (sees its staged writes), or 0"""
+    allow_stale: _builtins.bool
+    """Interactive-query options (readers only, epoch 0); see docs/reads.md.
+    allow_stale: a server that follows the shard as a standby may answer from its copy
+    (committed state, possibly behind the owner's) instead of redirecting to the owner.
+    """
+    min_offsets_wait_ms: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def min_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Answer only once the shard's committed input offsets reach these: every named offset must
+        be >= the given one (a name the shard never committed counts as -1). The server waits up
+        to min_offsets_wait_ms, then fails with DEADLINE_EXCEEDED ("state of S/P is at {...},
+        below the required {...} after N s").
+        """
+
     def __init__(
         self,
         *,
@@ -400,10 +437,13 @@ class GetRequest(_message.Message):
         partition: _builtins.int = ...,
         epoch: _builtins.int = ...,
         keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        allow_stale: _builtins.bool = ...,
+        min_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        min_offsets_wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "keys", b"keys", "partition", b"partition", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_stale", b"allow_stale", "epoch", b"epoch", "keys", b"keys", "min_offsets", b"min_offsets", "min_offsets_wait_ms", b"min_offsets_wait_ms", "partition", b"partition", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +481,26 @@ Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
 class ScanRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MinOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STORE_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
@@ -450,6 +510,9 @@ class ScanRequest(_message.Message):
     REVERSE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ALLOW_STALE_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_WAIT_MS_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     partition: _builtins.int
     epoch: _builtins.int
@@ -464,6 +527,11 @@ class ScanRequest(_message.Message):
     """0: server default"""
     limit: _builtins.int
     """0: no limit"""
+    allow_stale: _builtins.bool
+    """Reader options: as in GetRequest."""
+    min_offsets_wait_ms: _builtins.int
+    @_builtins.property
+    def min_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -476,10 +544,13 @@ class ScanRequest(_message.Message):
         reverse: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         limit: _builtins.int = ...,
+        allow_stale: _builtins.bool = ...,
+        min_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        min_offsets_wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_from_key", b"_from_key", "_to_key", b"_to_key", "from_key", b"from_key", "to_key", b"to_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_key", b"_from_key", "_to_key", b"_to_key", "epoch", b"epoch", "from_key", b"from_key", "limit", b"limit", "page_size", b"page_size", "partition", b"partition", "prefix", b"prefix", "reverse", b"reverse", "store", b"store", "to_key", b"to_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_key", b"_from_key", "_to_key", b"_to_key", "allow_stale", b"allow_stale", "epoch", b"epoch", "from_key", b"from_key", "limit", b"limit", "min_offsets", b"min_offsets", "min_offsets_wait_ms", b"min_offsets_wait_ms", "page_size", b"page_size", "partition", b"partition", "prefix", b"prefix", "reverse", b"reverse", "store", b"store", "to_key", b"to_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_key: _TypeAlias = _typing.Literal["from_key"]  # noqa: Y015
     _WhichOneofArgType__from_key: _TypeAlias = _typing.Literal["_from_key", b"_from_key"]  # noqa: Y015
@@ -520,22 +591,53 @@ Global___ScanPage: _TypeAlias = ScanPage  # noqa: Y015
 class CountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MinOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STORE_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    ALLOW_STALE_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_FIELD_NUMBER: _builtins.int
+    MIN_OFFSETS_WAIT_MS_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     partition: _builtins.int
     epoch: _builtins.int
+    allow_stale: _builtins.bool
+    """Reader options: as in GetRequest."""
+    min_offsets_wait_ms: _builtins.int
+    @_builtins.property
+    def min_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
         self,
         *,
         store: _builtins.str = ...,
         partition: _builtins.int = ...,
         epoch: _builtins.int = ...,
+        allow_stale: _builtins.bool = ...,
+        min_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        min_offsets_wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "partition", b"partition", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_stale", b"allow_stale", "epoch", b"epoch", "min_offsets", b"min_offsets", "min_offsets_wait_ms", b"min_offsets_wait_ms", "partition", b"partition", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -783,6 +885,8 @@ class ShardStatus(_message.Message):
     REPLAYED_RECORDS_FIELD_NUMBER: _builtins.int
     REPLAY_SECONDS_FIELD_NUMBER: _builtins.int
     BROKEN_FIELD_NUMBER: _builtins.int
+    STANDBY_FIELD_NUMBER: _builtins.int
+    STANDBY_LAG_SECONDS_FIELD_NUMBER: _builtins.int
     store: _builtins.str
     partition: _builtins.int
     type: Global___StoreType.ValueType
@@ -810,6 +914,12 @@ class ShardStatus(_message.Message):
     replay_seconds: _builtins.float
     broken: _builtins.bool
     """must be reloaded before its next use"""
+    standby: _builtins.bool
+    """a follower copy: this server does not own the shard"""
+    standby_lag_seconds: _builtins.float
+    """Standbys only: seconds since the copy last caught up to the end of the changelog (a
+    healthy standby stays under its follow interval, 0.5 s by default).
+    """
     @_builtins.property
     def committed_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -834,10 +944,12 @@ class ShardStatus(_message.Message):
         replayed_records: _builtins.int = ...,
         replay_seconds: _builtins.float = ...,
         broken: _builtins.bool = ...,
+        standby: _builtins.bool = ...,
+        standby_lag_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate_num_entries", b"approximate_num_entries", "broken", b"broken", "changelog_offset", b"changelog_offset", "commit_seq", b"commit_seq", "commits_since_snapshot", b"commits_since_snapshot", "committed_offsets", b"committed_offsets", "epoch", b"epoch", "idle_seconds", b"idle_seconds", "last_snapshot_bytes", b"last_snapshot_bytes", "last_snapshot_id", b"last_snapshot_id", "load_source", b"load_source", "local_bytes", b"local_bytes", "num_partitions", b"num_partitions", "partition", b"partition", "replay_seconds", b"replay_seconds", "replayed_records", b"replayed_records", "seconds_since_snapshot", b"seconds_since_snapshot", "store", b"store", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approximate_num_entries", b"approximate_num_entries", "broken", b"broken", "changelog_offset", b"changelog_offset", "commit_seq", b"commit_seq", "commits_since_snapshot", b"commits_since_snapshot", "committed_offsets", b"committed_offsets", "epoch", b"epoch", "idle_seconds", b"idle_seconds", "last_snapshot_bytes", b"last_snapshot_bytes", "last_snapshot_id", b"last_snapshot_id", "load_source", b"load_source", "local_bytes", b"local_bytes", "num_partitions", b"num_partitions", "partition", b"partition", "replay_seconds", b"replay_seconds", "replayed_records", b"replayed_records", "seconds_since_snapshot", b"seconds_since_snapshot", "standby", b"standby", "standby_lag_seconds", b"standby_lag_seconds", "store", b"store", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
