@@ -26,8 +26,8 @@ class InvalidArgumentError(StateStoreError):
 
 class UnavailableError(StateStoreError):
     """The server or one of its dependencies is unreachable or failing. A commit that raises
-    this may or may not have been applied: reopen the store and resume from
-    `committed_offsets`."""
+    this may or may not have been applied, and its handle is closed: reopen the store and resume
+    from `committed_offsets`."""
 
 
 class OffsetsNotReachedError(UnavailableError):

@@ -1,6 +1,6 @@
 """Drill 6: the server's data dir runs out of space.
 
-The data dir is a small tmpfs (mounted by the test when the machine allows it, as root does
+The data dir is a small tmpfs (32 MiB) (mounted by the test when the machine allows it, as root does
 here), filled to the last byte by a filler file while a counting worker commits 30 KB values.
 Two configurations: the embedded default (RocksDB's fsynced WAL is the durability point, so the
 first commit fails at once) and with a changelog (the WAL is off, so commits go on until a
@@ -29,7 +29,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.drills.common import SOURCE, Figures, InDoubt, InputStream, Model, process
+from tests.drills.common import SOURCE, Figures, InDoubt, InputStream, Model, process, size
 from tests.infra import Broker
 from tests.serverproc import ServerProc
 from tierstore.client import Client, connect, errors
@@ -128,20 +128,41 @@ def drill(fig: Figures, server: Server, make_full: Callable[[], None],
           make_room: Callable[[], None]) -> None:
     model = Model(InputStream(seed=6006), pad=30_000)
     client = server.client()
-    kv: RemoteKeyValueStore | None = _open(client)
-    for _ in range(20):
-        assert kv is not None
-        process(kv, model, model.pos + 3)
-        fig.operations += 1
-    make_full()
-    fig.fault("disk full")
-    refused, accepted_while_full, messages = 0, 0, []
-    reads = {"committed state": 0, "unavailable": 0}
-    for _ in range(40):  # commit until the disk refuses, then try to go on
-        assert kv is not None
+    kv = _open(client)
+    seen: dict[str, Any] = {"commits refused": 0, "commits accepted while full": 0,
+                            "reads while full": {"committed state": 0, "unavailable": 0},
+                            "first error": ""}
+    for _ in range(size(1, 5)):  # episodes of a full disk
+        for _ in range(20):
+            process(kv, model, model.pos + 3)
+            fig.operations += 1
+        make_full()
+        fig.fault("disk full")
+        _while_full(fig, server, client, kv, model, seen)
+        make_room()
+        kv = _reopen_when_space_returns(client)
+        model.resolve(kv.committed_offsets.get(SOURCE, 0))
+        model.check(kv, fig)
+        for _ in range(10):  # commits succeed again
+            process(kv, model, model.pos + 3)
+            fig.operations += 1
+        model.check(kv, fig)
+    client.close()
+    server.crash_and_restart()
+    with server.client() as c:
+        model.check(_open(c), fig)
+    fig.notes.update(seen, commits_acknowledged=model.acked, in_doubt=model.outcomes)
+
+
+def _while_full(fig: Figures, server: Server, client: Client, kv: RemoteKeyValueStore,
+                model: Model, seen: dict[str, Any]) -> None:
+    """Commit until the disk refuses (a clear UnavailableError), check the server is up and
+    nothing committed is lost, and go on while the worker can reopen."""
+    refused = 0
+    for _ in range(40):
         try:
             process(kv, model, model.pos + 3)
-            accepted_while_full += 1
+            seen["commits accepted while full"] += 1
             fig.operations += 1
             continue
         except (InDoubt, errors.StateStoreError) as exc:
@@ -149,11 +170,12 @@ def drill(fig: Figures, server: Server, make_full: Callable[[], None],
             assert isinstance(err, errors.UnavailableError), repr(err)
             assert "disk full" in str(err), f"not a clear error: {err}"
             refused += 1
-            messages.append(str(err))
+            seen["first error"] = seen["first error"] or str(err)[:160]
         assert serving(server.address), "the server is not SERVING while its disk is full"
+        reads = seen["reads while full"]
         try:  # another client reads committed state: it is intact, or clearly unavailable
-            diff = model.compare(dict(server.client().reader(STORE).all()))
-            fig.add(diff)
+            with server.client() as other:
+                fig.add(model.compare(dict(other.reader(STORE).all())))
             reads["committed state"] += 1
         except errors.UnavailableError as exc:
             assert "disk full" in str(exc), f"not a clear error: {exc}"
@@ -162,29 +184,13 @@ def drill(fig: Figures, server: Server, make_full: Callable[[], None],
             kv = _open(client)  # the worker reopens; with the disk full this may fail too
         except errors.UnavailableError as exc:
             assert "disk full" in str(exc), f"not a clear error: {exc}"
-            kv = None
             break
         model.resolve(kv.committed_offsets.get(SOURCE, 0))
         model.check(kv, fig)  # nothing committed is lost while the disk is full
         if refused >= 3:
             break
     assert refused > 0, "the disk never refused a commit"
-    make_room()
-    kv = _reopen_when_space_returns(client)
-    model.resolve(kv.committed_offsets.get(SOURCE, 0))
-    model.check(kv, fig)
-    for _ in range(10):  # commits succeed again
-        process(kv, model, model.pos + 3)
-        fig.operations += 1
-    model.check(kv, fig)
-    client.close()
-    server.crash_and_restart()
-    with server.client() as c:
-        model.check(_open(c), fig)
-    fig.notes.update(commits_refused=refused, commits_accepted_while_full=accepted_while_full,
-                     reads_while_full=reads, commits_acknowledged=model.acked,
-                     in_doubt=model.outcomes,
-                     first_error=messages[0][:160])
+    seen["commits refused"] += refused
 
 
 @pytest.mark.parametrize("mode", ["embedded", "changelog"])
@@ -193,14 +199,14 @@ def test_disk_full_refuses_commits_clearly_and_loses_nothing(
 ) -> None:
     fig = Figures(f"disk-full-{mode}")
     disk = tmp_path / "disk"
-    with small_disk(disk, 16) as mounted:
+    with small_disk(disk, 32) as mounted:
         if not mounted:
             if mode == "changelog":
                 pytest.skip("tmpfs cannot be mounted here; the injected drill is embedded only")
             fig.notes["disk"] = "injected ENOSPC (tmpfs not allowed)"
             _injected(fig, tmp_path, monkeypatch)
         else:
-            fig.notes["disk"] = "tmpfs 16 MiB"
+            fig.notes["disk"] = "tmpfs 32 MiB"
             (disk / "data").mkdir()
             (tmp_path / "data").symlink_to(disk / "data")  # the server's log stays outside
             toml = tmp_path / "tierstore.toml"
