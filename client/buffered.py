@@ -223,11 +223,7 @@ class BufferedKeyValueStore:
         return self._live(items)
 
     def _live(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-        now = self.clock()
-        for k, raw in items:
-            v = ttlcodec.live_payload(raw, now)
-            if v is not None:
-                yield k, v
+        return ttlcodec.live_items(items, self.clock())
 
     def range(self, from_key: bytes | None, to_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Keys from `from_key` to `to_key`, both inclusive (None: unbounded), in key order."""

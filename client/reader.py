@@ -219,11 +219,7 @@ class Reader(StoreReader):
         return self._live(merged) if self.ttl_ms else merged
 
     def _live(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-        now = self.clock()
-        for k, raw in items:
-            v = ttlcodec.live_payload(raw, now)
-            if v is not None:
-                yield k, v
+        return ttlcodec.live_items(items, self.clock())
 
     def range(self, from_key: bytes | None, to_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         return self._merged(from_key, to_key, None, False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Iterable, Iterator
 
 HEADER_LEN = 8
 MAX_EXPIRY = 2**63 - 1
@@ -56,3 +57,13 @@ def live_payload(raw: bytes, now: int) -> bytes | None:
     if expires_at(raw) <= now:
         return None
     return raw[HEADER_LEN:]
+
+
+def live_items(
+    items: Iterable[tuple[bytes, bytes]], now: int
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, payload) of the entries of a TTL store that have not expired at `now`."""
+    for k, raw in items:
+        v = live_payload(raw, now)
+        if v is not None:
+            yield k, v
