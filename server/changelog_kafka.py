@@ -69,7 +69,9 @@ class _Waiter:
                 self.error = err
             self.done.set()  # the batch has failed: stop waiting for the rest
         else:
-            self.offset = msg.offset() or 0
+            off = msg.offset()  # None or < 0 for a retry the broker took for a duplicate
+            if off is not None and off > self.offset:
+                self.offset = off
         if next(self._count) == self._expected:
             self.done.set()
 
@@ -178,8 +180,9 @@ class KafkaChangelog:
                      marker_value: bytes, marker_headers: Sequence[Header],
                      while_waiting: Callable[[], None] | None = None) -> int:
         """Produce the data records in order, wait for ALL their acknowledgements, then produce
-        the marker (key b"") and wait for it; return the marker's offset. Thread-safe; waits only
-        for this call's own messages, so concurrent calls do not delay each other.
+        the marker (key b"") and wait for it; return the marker's offset, or -1 when the broker
+        reported no usable offset for it (the append succeeded all the same). Thread-safe; waits
+        only for this call's own messages, so concurrent calls do not delay each other.
 
         Not atomic by itself: on any failure (produce error, failed delivery report, or none
         within message_timeout_ms + 5 s) ChangelogError is raised and the marker is not written,
@@ -204,7 +207,8 @@ class KafkaChangelog:
         mh = list(marker_headers) or None
         self._produce(producer, topic, partition, (b"",), (marker_value,), mh, marker)
         self._await(producer, marker, topic, partition, "the commit marker")
-        return marker.offset
+        # A marker before its own records is a made-up offset (Tansu's 0 for a "duplicate").
+        return -1 if keys and marker.offset <= data.offset else marker.offset
 
     def _produce(self, producer: Producer, topic: str, partition: int, keys: Sequence[bytes],
                  values: Sequence[bytes | None], headers: list[Any] | None,

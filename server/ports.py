@@ -45,7 +45,8 @@ class Changelog(Protocol):
     ) -> int:
         """Append records (each with `headers`) in order, then, only once all of them are
         acknowledged, a marker record (key b"") carrying `marker_headers`. Returns the marker's
-        offset. Raises ChangelogError if anything failed; the marker is then not written, though
+        offset, or -1 if the broker did not report a usable one (after a retry taken for a
+        duplicate). Raises ChangelogError if anything failed; the marker is then not written, though
         some data records may be. `while_waiting`, if given, runs while the broker acknowledges
         the data records (the caller overlaps its own work with the round trip)."""
 

@@ -286,11 +286,19 @@ class Shard:
                 self.log_end = None  # some records may have landed: the end is unknown now
                 raise
             start = self.log_end
-            self.log_end = marker_offset + 1
             self._repair.clear()
-            if start is not None and marker_offset != start + len(keys):
-                self._foreign_records(start, marker_offset - len(keys), new, set(keys))
-            new.changelog_offset = self.log_end if self.log_end is not None else marker_offset + 1
+            if marker_offset < 0 or (start is not None and marker_offset < start + len(keys)):
+                # No usable offset (a retried marker the broker took for a duplicate), or one
+                # before the records it closes: where the log ends is unknown, as after a failed
+                # append, and the fence waits for the next append. The commit stands; the local
+                # changelog offset stays older, so a replay re-applies it (idempotent).
+                self.log_end = None
+            else:
+                self.log_end = marker_offset + 1
+                if start is not None and marker_offset != start + len(keys):
+                    self._foreign_records(start, marker_offset - len(keys), new, set(keys))
+                new.changelog_offset = (self.log_end if self.log_end is not None
+                                        else marker_offset + 1)
         if not prepared:
             prepare()
         try:
@@ -343,7 +351,7 @@ class Shard:
                 self.spec.name, self.partition, repair, values,
                 data_headers(new.epoch, new.commit_seq), mval, mheaders,
             )
-            self.log_end = offset + 1
+            self.log_end = offset + 1 if offset >= 0 else None
 
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:
