@@ -16,12 +16,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tierstore.server.auth import AuthInterceptor, TokenTable
-from tierstore.server.cluster import ClusterConfig, Membership, grpc_health_probe
+from tierstore.server.cluster import ClusterConfig, HealthProbe, Membership
 from tierstore.server.config import ServerConfig
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
 from tierstore.server.servicer import SERVICE_NAME, generic_handler
-from tierstore.server.tls import server_credentials
+from tierstore.server.tls import peer_channel_credentials, server_credentials
 from tierstore.v1 import store_pb2
 
 if TYPE_CHECKING:
@@ -128,7 +128,9 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
     if cfg.peer_list():
         advertise = cfg.advertise or f"{host}:{bound}"
         svc.attach_cluster(Membership(
-            ClusterConfig(advertise=advertise, peers=cfg.peer_list()), grpc_health_probe
+            ClusterConfig(advertise=advertise, peers=cfg.peer_list()),
+            HealthProbe(peer_channel_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca,
+                                                 cfg.peer_tls_ca), cfg.peer_tls_server_name),
         ))
     return RunningServer(server, bound, svc, health_servicer, host, metrics)
 

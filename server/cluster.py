@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +132,33 @@ class Membership:
             self._thread.join(timeout=5)
 
 
-def grpc_health_probe(address: str, timeout_s: float) -> bool:
-    """True if the server at `address` answers SERVING on the gRPC health service."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+class HealthProbe:
+    """A membership probe: one gRPC health Check of a peer, over TLS when `credentials` are
+    given (`server_name` overrides the name expected in the peer's certificate)."""
 
-    with grpc.insecure_channel(address) as channel:
-        try:
-            resp = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-            )
-        except grpc.RpcError:
-            return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    def __init__(self, credentials: Any = None, server_name: str = "") -> None:
+        self.credentials = credentials  # grpc.ChannelCredentials, or None for plaintext
+        self.server_name = server_name
+
+    def __call__(self, address: str, timeout_s: float) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        if self.credentials is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            opts = ([("grpc.ssl_target_name_override", self.server_name)]
+                    if self.server_name else [])
+            channel = grpc.secure_channel(address, self.credentials, options=opts)
+        with channel:
+            try:
+                resp = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+                )
+            except grpc.RpcError as exc:
+                log.debug("health probe of %s failed: %s", address, exc)
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def wait_until(pred: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:

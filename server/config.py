@@ -62,6 +62,11 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
     auth_tokens: str = ""  # token file (TOML, or JSON for *.json): bearer tokens required
+    # How this server checks its peers when the port speaks TLS (health probes): the CA their
+    # certificates are signed by ("" = tls_client_ca, else the system roots), and the name to
+    # expect in them when peers are reached by IP ("" = the host of the peer's address).
+    peer_tls_ca: str = ""
+    peer_tls_server_name: str = ""
     # Limits, so that one client cannot exhaust the server (beyond: RESOURCE_EXHAUSTED).
     max_concurrent_streams: int = 100  # HTTP/2 streams per connection
     max_concurrent_rpcs: int = 1000  # calls in progress on the whole server
@@ -142,7 +147,9 @@ class ServerConfig:
             raise ConfigError("tls_cert and tls_key: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("tls_client_ca: needs tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):
+        if (self.peer_tls_ca or self.peer_tls_server_name) and not self.tls_cert:
+            raise ConfigError("peer_tls_ca and peer_tls_server_name: need tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "peer_tls_ca", "auth_tokens"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no such file {path!r}")
@@ -167,6 +174,8 @@ FLAGS: Mapping[str, str] = {
     "--tls-key": "tls_key",
     "--tls-client-ca": "tls_client_ca",
     "--auth-tokens": "auth_tokens",
+    "--peer-tls-ca": "peer_tls_ca",
+    "--peer-tls-server-name": "peer_tls_server_name",
     "--max-concurrent-streams": "max_concurrent_streams",
     "--max-concurrent-rpcs": "max_concurrent_rpcs",
     "--max-message-bytes": "max_message_bytes",

@@ -52,3 +52,22 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
+
+
+def peer_channel_credentials(cert: str, key: str, client_ca: str = "",
+                             peer_ca: str = "") -> grpc.ChannelCredentials | None:
+    """Credentials a TLS server uses to probe its peers (which speak TLS too, with the same
+    flags), or None when this server speaks plaintext. Peers are checked against `peer_ca`,
+    else `client_ca`, else the system roots. Under mutual TLS (`client_ca`) the probe presents
+    this server's own certificate, which therefore needs the clientAuth usage as well."""
+    if not cert:
+        return None
+    ca_path = peer_ca or client_ca
+    roots = _read("--peer-tls-ca" if peer_ca else "--tls-client-ca", ca_path) if ca_path else None
+    if not client_ca:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots,
+        private_key=_read("--tls-key", key),
+        certificate_chain=_read("--tls-cert", cert),
+    )

@@ -22,11 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.infra import Broker, S3Server, free_port
 from tests.tlscerts import Pki, make_pki
 from tierstore.client import TLSConfig, connect, errors
 from tierstore.client._grpc import translate
 from tierstore.server.app import RunningServer, create_server
 from tierstore.server.auth import ACCESS_OF, AuthConfigError, TokenTable, bearer_token
+from tierstore.server.cluster import wait_until
 from tierstore.server.config import ConfigError, ServerConfig, load_config
 from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
@@ -354,3 +356,45 @@ def test_tls_config_errors(tmp_path: Path) -> None:
         create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "d",
                                    tls_cert=str(tmp_path / "junk.pem"),
                                    tls_key=str(tmp_path / "junk.pem")))
+
+
+@pytest.mark.kafka
+@pytest.mark.s3
+@pytest.mark.parametrize("mtls", [False, True])
+def test_tls_peers_probe_each_other_over_tls(tmp_path: Path, pki: Pki, broker: Broker,
+                                            s3_server: S3Server, s3_bucket: str,
+                                            mtls: bool) -> None:
+    """Peers that speak only TLS (and, under mTLS, require client certificates) must still see
+    each other: their health probes use TLS. A wrong expected name makes the probe fail, so the
+    check can fail."""
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    common: dict[str, Any] = dict(
+        tls_cert=str(pki.peer_cert), tls_key=str(pki.peer_key), peers=peers,
+        kafka_bootstrap=broker.bootstrap, object_store=f"s3://{s3_bucket}/tls-peers",
+        s3_endpoint=s3_server.endpoint,
+    )
+    if mtls:
+        common["tls_client_ca"] = str(pki.ca)
+    else:
+        common["peer_tls_ca"] = str(pki.ca)
+    servers = [create_server(ServerConfig(listen=f"127.0.0.1:{p}", data_dir=tmp_path / str(p),
+                                          **common)) for p in ports]
+    odd = create_server(ServerConfig(listen=f"127.0.0.1:{free_port()}",
+                                     data_dir=tmp_path / "odd",
+                                     **{**common, "peer_tls_server_name": "elsewhere.example"}))
+    try:
+        everyone = tuple(sorted(f"127.0.0.1:{p}" for p in ports))
+        assert wait_until(lambda: all(_live(s) == everyone for s in servers), 20.0), \
+            [_live(s) for s in servers]
+        # The odd server expects another name in its peers' certificates: it sees none of them.
+        assert not set(everyone) & set(_live(odd)), _live(odd)
+    finally:
+        for s in [*servers, odd]:
+            s.stop(grace=1.0, snapshot=False)
+
+
+def _live(server: RunningServer) -> tuple[str, ...]:
+    m = server.service.membership
+    assert m is not None
+    return m.live()

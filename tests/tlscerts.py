@@ -23,6 +23,8 @@ class Pki:
     client_key: Path
     stranger_cert: Path  # a client certificate from another CA
     stranger_key: Path
+    peer_cert: Path  # a server certificate that may also act as a client (both usages)
+    peer_key: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -63,15 +65,18 @@ def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 
 def _leaf(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cn: str, server: bool
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cn: str, server: bool,
+    also_client: bool = False,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+    if also_client:
+        usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     b = (
         _builder(cn, ca_cert.subject, key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -105,5 +110,7 @@ def make_pki(d: Path) -> Pki:
     client_cert, client_key = _write(d, "client", _leaf(ca, "tierstore client", server=False))
     other = _ca("some other CA")
     stranger_cert, stranger_key = _write(d, "stranger", _leaf(other, "stranger", server=False))
+    peer_cert, peer_key = _write(d, "peer", _leaf(ca, "tierstore peer", server=True,
+                                                  also_client=True))
     return Pki(ca_path, server_cert, server_key, client_cert, client_key, stranger_cert,
-               stranger_key)
+               stranger_key, peer_cert, peer_key)

@@ -48,6 +48,10 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--tls-cert": "PEM certificate chain: serve TLS only (with --tls-key)",
         "--tls-key": "PEM private key of --tls-cert",
         "--tls-client-ca": "PEM CA: require client certificates signed by it (mTLS)",
+        "--peer-tls-ca": "PEM CA that signed the peers' certificates, for health probes between "
+        "TLS servers (default: --tls-client-ca, else the system roots)",
+        "--peer-tls-server-name": "name to expect in peers' certificates when they are reached "
+        "by IP (default: the peer's host)",
         "--auth-tokens": "token file (TOML, or JSON if *.json): require bearer tokens with "
         "per-store-prefix read / read-write permissions",
         "--max-concurrent-streams": "HTTP/2 streams per connection (default 100)",
