@@ -28,6 +28,13 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.StateStoreError]] = {
 # Trailing metadata the server sets on a min_offsets timeout (tierstore.server.servicer).
 ERROR_KEY = "tierstore-error"
 OFFSETS_NOT_REACHED = "offsets-not-reached"
+WAITS_FULL = "waits-full"  # RESOURCE_EXHAUSTED: the server's min_offsets wait slots are taken
+
+
+def waits_full(exc: grpc.RpcError) -> bool:
+    """True if the server refused a min_offsets read only because too many reads wait there."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(exc) == WAITS_FULL
 
 
 def _reason(exc: grpc.RpcError) -> str | None:

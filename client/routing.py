@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from tierstore.client._grpc import waits_full
 from tierstore.v1 import store_pb2_grpc
 
 OWNER_KEY = "tierstore-owner"
@@ -140,6 +141,8 @@ class Router:
         self, exc: grpc.RpcError, shard: tuple[str, int] | None, address: str,
         tried_down: set[str], stale: bool = False,
     ) -> str | None:
+        if waits_full(exc):
+            return address  # the server's wait slots are taken: ask it again after a pause
         owner = owner_of(exc)
         if owner is not None and stale and owner in tried_down:
             # This server has no standby copy and names an owner that just failed: skip it

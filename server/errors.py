@@ -48,6 +48,10 @@ class ResourceExhaustedError(StateStoreError):
     """A configured limit was reached (staging bytes, disk space, ...)."""
 
 
+class WaitsFullError(ResourceExhaustedError):
+    """Every slot for reads waiting on min_offsets is taken: retry (the client does)."""
+
+
 class ChangelogError(UnavailableError):
     """Appending to or reading from the changelog failed."""
 

@@ -23,11 +23,15 @@ min_offsets
     answered with a redirect (the client resends the read there).
 
 Each waiting read holds one of the server's gRPC worker threads (`grpc_workers`) while it
-waits.
+waits, so at most half of them (`max_waiting`) may wait at once: the others would be left for
+commits and plain reads. A read that would wait beyond that is answered at once with
+WaitsFullError (RESOURCE_EXHAUSTED, `tierstore-error: waits-full` in the trailing metadata),
+which the client retries with back-off until its own deadline.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ from tierstore.server.errors import (
     InvalidArgumentError,
     OffsetsNotReachedError,
     UnavailableError,
+    WaitsFullError,
 )
 from tierstore.server.shard import Shard
 
@@ -89,8 +94,10 @@ def _fmt(offsets: Mapping[str, int]) -> str:
 class ReadRouter:
     """Finds the shard that answers a read, honouring its options."""
 
-    def __init__(self, svc: StoreService) -> None:
+    def __init__(self, svc: StoreService, max_waiting: int) -> None:
         self.svc = svc
+        self.max_waiting = max(1, max_waiting)
+        self._slots = threading.BoundedSemaphore(self.max_waiting)
 
     def shard(self, store: str, partition: int, epoch: int,
               fresh: ReadFreshness | None) -> Shard:
@@ -100,7 +107,17 @@ class ReadRouter:
         shard = self._resolve(store, partition, fresh.allow_stale)
         if not fresh.min_offsets:
             return shard
-        return self._wait(store, partition, shard, fresh)
+        if not behind(shard.meta.offsets, fresh.min_offsets):
+            return shard  # already there: no wait, no slot
+        if not self._slots.acquire(blocking=False):
+            raise WaitsFullError(
+                f"{self.max_waiting} reads already wait for min_offsets on this server (at most "
+                "half of --grpc-workers may): retry, or raise --grpc-workers"
+            )
+        try:
+            return self._wait(store, partition, shard, fresh)
+        finally:
+            self._slots.release()
 
     def standby_copy(self, store: str, partition: int) -> Shard | None:
         """The shard if this server follows it as a standby and does not own it."""

@@ -81,7 +81,8 @@ class StoreService:
         self.changelog = changelog
         self.membership: Membership | None = None  # set by attach_cluster() after binding
         self.standbys: Standbys | None = None
-        self.reads = ReadRouter(self)  # reader options: stale reads, min_offsets waits
+        # reader options: stale reads, min_offsets waits (at most half the workers wait)
+        self.reads = ReadRouter(self, cfg.grpc_workers // 2)
         self.evictor = Evictor(self.registry, self.snapshotter,
                                TieringPolicy(max_local_bytes=cfg.max_local_bytes,
                                              min_idle_s=cfg.evict_idle_s))

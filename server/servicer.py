@@ -66,6 +66,7 @@ OWNER_KEY = "tierstore-owner"  # trailing metadata naming the shard's server (cl
 # Trailing metadata telling a min_offsets timeout apart from a client-side deadline.
 ERROR_KEY = "tierstore-error"
 OFFSETS_NOT_REACHED = "offsets-not-reached"
+WAITS_FULL = "waits-full"  # every min_offsets wait slot is taken: the client retries
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
@@ -74,6 +75,8 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
         context.set_trailing_metadata(((OWNER_KEY, exc.owner),))
     elif isinstance(exc, errors.OffsetsNotReachedError):
         context.set_trailing_metadata(((ERROR_KEY, OFFSETS_NOT_REACHED),))
+    elif isinstance(exc, errors.WaitsFullError):
+        context.set_trailing_metadata(((ERROR_KEY, WAITS_FULL),))
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error in %s", method)
         context.abort(code, f"internal error in {method}: {type(exc).__name__}: {exc}")

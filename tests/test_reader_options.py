@@ -324,3 +324,50 @@ def test_readers_are_exported() -> None:
 
     assert {"ReadOptions", "WindowReader", "SessionReader"} <= set(c.__all__)
     assert Path(c.__file__).exists()
+
+
+def test_waiting_reads_leave_threads_for_commits(tmp_path: Path) -> None:
+    """Reads waiting for min_offsets hold server threads; at most half of --grpc-workers may.
+    Here 4 workers: 2 reads wait, further ones are refused with RESOURCE_EXHAUSTED (waits-full)
+    and retried by the client, and the commit they wait for still gets a thread. Without the
+    cap all 4 workers would wait and the commit would only run after their deadlines."""
+    srv = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "d",
+                                     grpc_workers=4))
+    target = f"127.0.0.1:{srv.port}"
+    try:
+        with connect(target, timeout_s=20) as c:
+            kv = c.key_value_store("waits", num_partitions=1)
+            kv.put(b"k", b"v1")
+            kv.commit({"in:0": 1})
+            got: list[bytes | None] = []
+
+            def read() -> None:
+                got.append(c.reader("waits", min_offsets={"in:0": 2}, wait_s=15).get(b"k"))
+
+            readers = [threading.Thread(target=read) for _ in range(6)]
+            for t in readers:
+                t.start()
+            deadline = time.monotonic() + 5
+            while srv.service.reads._slots._value > 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            # Both slots taken: one more waiting read is refused at once, with the marker.
+            with grpc.insecure_channel(target) as ch:
+                from tierstore.v1 import store_pb2_grpc
+
+                with pytest.raises(grpc.RpcError) as info:
+                    store_pb2_grpc.StateStoreStub(ch).Get(pb.GetRequest(
+                        store="waits", partition=0, keys=[b"k"], min_offsets={"in:0": 2},
+                        min_offsets_wait_ms=10_000), timeout=5)
+                assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "reads already wait for min_offsets" in (info.value.details() or "")
+            started = time.monotonic()
+            kv.put(b"k", b"v2")
+            kv.commit({"in:0": 2})
+            commit_s = time.monotonic() - started
+            for t in readers:
+                t.join(timeout=20)
+            assert got == [b"v2"] * 6, got
+            assert commit_s < 3.0, commit_s
+            print(f"\ncommit with 6 reads waiting on 4 workers: {commit_s * 1000:.0f} ms")
+    finally:
+        srv.stop(grace=1)
