@@ -167,8 +167,11 @@ class Registry:
         key = (spec.name, partition)
         with self._lock:
             sh = self._shards.get(key)
-            if sh is not None and not sh.broken:
+        if sh is not None:
+            sh.settle()  # a commit being applied in the background may yet break it
+            if not sh.broken:
                 return sh
+        with self._lock:
             load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:

@@ -13,6 +13,11 @@ overwritten with their committed values by the next append (the repair). If step
 step 3 (or, without a changelog, at all), the shard is marked broken, so its next use reloads it
 from disk (plus the changelog).
 
+With a changelog the commit is acknowledged as soon as step 3 is done, and step 4 runs on a
+background thread (`_apply_later`), overlapping the client's next batch. Every later use of
+the shard (reads included) first waits for it (`settle`), so no read can see the shard between
+the two steps, and `meta` moves only once the data is in RocksDB.
+
 Window and session stores' commits may carry range deletes that drop expired segments
 (server/segments.py): they apply after the staged writes and before the commit's own batch, in
 the same WriteBatch, and are not logged (restore re-derives them from the stream time).
@@ -25,6 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rocksdict import WriteBatch
@@ -52,6 +58,18 @@ from tierstore.server.logproto import (
 )
 from tierstore.server.ports import Changelog
 from tierstore.server.specs import StoreSpec
+
+_applier: ThreadPoolExecutor | None = None
+_applier_lock = threading.Lock()
+
+
+def _apply_pool() -> ThreadPoolExecutor:
+    """The threads that write acknowledged commits into RocksDB (shared by all shards)."""
+    global _applier
+    with _applier_lock:
+        if _applier is None:
+            _applier = ThreadPoolExecutor(max_workers=4, thread_name_prefix="shard-apply")
+        return _applier
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class Shard:
         self.taken_over = False
         self.claims_here = 0
         self._sweep_from: bytes | None = None  # where the next TTL sweep starts
+        # Set while an acknowledged commit is being written to RocksDB in the background.
+        self._applying: threading.Event | None = None
 
     @property
     def name(self) -> str:
@@ -128,6 +148,7 @@ class Shard:
     def set_repair(self, keys: set[bytes]) -> None:
         """Keys found uncommitted at the tail of the log by a catch-up replay."""
         with self._lock:
+            self.settle()
             self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
@@ -139,6 +160,7 @@ class Shard:
 
     def release(self, epoch: int) -> None:
         with self._lock:
+            self.settle()
             self.check_epoch(epoch)
             self._drop_stage()
 
@@ -301,6 +323,9 @@ class Shard:
                                         else marker_offset + 1)
         if not prepared:
             prepare()
+        if self.changelog is not None:
+            self._apply_later(prepared[0], new)
+            return marker_offset
         try:
             self.db.write_prepared(prepared[0], new, sync=self.changelog is None)
         except UnavailableError as exc:
@@ -313,6 +338,27 @@ class Shard:
             raise
         self.meta = new
         return marker_offset
+
+    def _apply_later(self, wb: WriteBatch, new: ShardMeta) -> None:
+        """Step 4 of a commit whose marker is acknowledged, on a background thread. The caller
+        holds the shard lock; everything after it waits in `settle` first. A failed write marks
+        the shard broken: the commit is durable in the changelog, and the reload replays it."""
+        done = threading.Event()
+        self._applying = done
+
+        def apply() -> None:
+            try:
+                self.db.write_prepared(wb, new, sync=False)
+                self.meta = new
+            except Exception as exc:  # any failure: the reload replays the commit
+                self.broken = f"local write failed after the changelog append: {exc}"
+            finally:
+                done.set()
+
+        try:
+            _apply_pool().submit(apply)
+        except RuntimeError:  # the interpreter is shutting down: write here instead
+            apply()
 
     def _foreign_records(self, start: int, end: int, new: ShardMeta, ours: set[bytes]) -> None:
         """Records this server did not write sit in the log at [start, end), before its batch.
@@ -356,6 +402,7 @@ class Shard:
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:
         check_keys(keys)
+        self._check_usable()
         self.last_used = time.monotonic()
         values = self.db.get_many(keys)
         if epoch and self._stage:
@@ -379,6 +426,7 @@ class Shard:
                 raise InvalidArgumentError("a prefix scan takes no from/to bounds")
         else:
             check_range(from_key, to_key)
+        self._check_usable()
         self.last_used = time.monotonic()
         base = self.db.iterate(from_key, to_key, reverse, prefix)
         if not (epoch and self._stage):
@@ -389,6 +437,7 @@ class Shard:
         return overlay_items(base, over, reverse)
 
     def count(self) -> int:
+        self._check_usable()
         return self.db.approximate_num_entries()
 
     # --- expiry ---------------------------------------------------------------------------
@@ -401,6 +450,7 @@ class Shard:
         if self.spec.ttl_ms <= 0:
             return 0
         with self._lock:
+            self.settle()
             if self.broken or self.db.closed:
                 return 0
             doomed: list[bytes] = []
@@ -462,10 +512,18 @@ class Shard:
         self._stage_batches = 0
         self._stage_bytes = 0
 
+    def settle(self) -> None:
+        """Wait until the last acknowledged commit is in RocksDB (see `_apply_later`)."""
+        pending = self._applying
+        if pending is not None:
+            pending.wait()
+
     def _check_usable(self) -> None:
+        self.settle()
         if self.broken:
             raise UnavailableError(f"shard {self.name} must be reloaded: {self.broken}")
 
     def close(self) -> None:
         with self._lock:
+            self.settle()
             self.db.close()
