@@ -1,4 +1,4 @@
-"""The `tierstore` command line: serve, config show, inspect, snapshot, restore, bench.
+"""The `tierstore` command line: serve, config show, inspect, snapshot, restore, fork, bench.
 
 Exit codes: 0 success, 1 failure, 2 usage or configuration error.
 """
@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tierstore.commands import bench, configcmd, inspection, restore, snapshot
+    from tierstore.commands import bench, configcmd, fork, inspection, restore, snapshot
 
     parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     commands = {"serve": _serve}
-    for module in (configcmd, inspection, snapshot, restore, bench):
+    for module in (configcmd, inspection, snapshot, restore, fork, bench):
         commands.update(module.add_parser(sub, add_server_flags))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to `python -m bench`
