@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.logproto import MARKER_KEY, Marker, header_epoch, parse_marker
-from tierstore.server.ports import Changelog
+from tierstore.server.ports import Changelog, ChangelogRecord, Header
 from tierstore.server.segments import SegmentDrops
 from tierstore.server.specs import StoreSpec
 
@@ -47,6 +47,40 @@ class ReplayResult:
     end_offset: int = -1  # the offset after the last record read: where the next append lands
     stopped_at: int = -1  # with `until`: the offset of the marker the replay stopped before
     stop_marker: Marker | None = None
+
+
+class LogPrefix:
+    """A read-only view of a changelog that ends before `end` (the records a restore started
+    then would read, even while the shard's owner keeps appending)."""
+
+    def __init__(self, inner: Changelog, end: int) -> None:
+        self.inner = inner
+        self.end = end
+
+    def read(self, store: str, partition: int, start_offset: int
+             ) -> Iterator[list[ChangelogRecord]]:
+        if start_offset >= self.end:
+            return
+        for page in self.inner.read(store, partition, start_offset):
+            if page and page[-1].offset >= self.end:
+                head = [r for r in page if r.offset < self.end]
+                if head:
+                    yield head
+                return
+            yield page
+
+    def ensure_topic(self, store: str, num_partitions: int,
+                     retention_ms: int | None = None) -> None:
+        self.inner.ensure_topic(store, num_partitions, retention_ms)
+
+    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
+                     values: Sequence[bytes | None], headers: Sequence[Header],
+                     marker_value: bytes, marker_headers: Sequence[Header],
+                     while_waiting: Callable[[], None] | None = None) -> int:
+        raise TypeError("a LogPrefix is read-only")
+
+    def close(self) -> None:
+        """The inner changelog is not this view's to close."""
 
 
 def replay_changelog(

@@ -72,6 +72,9 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--evict-idle-s": "a shard unused this many seconds may be evicted (default 30)",
         "--max-local-bytes": "evict idle shards to object storage above this many local bytes "
         "(default 0: no budget)",
+        "--restore-target-seconds": "snapshot each shard early enough that restoring it "
+        "(snapshot download + changelog replay, as measured here) is predicted to take less "
+        "than this many seconds (default 0: off)",
     }
     for flag, field_name in FLAGS.items():
         p.add_argument(flag, dest=field_name, default=None,
