@@ -35,8 +35,8 @@ from pathlib import Path
 from tierstore.server.errors import StateStoreError
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.manifest import Manifest
-from tierstore.server.ports import Changelog, ChangelogRecord, Header, ObjectStore
-from tierstore.server.restore import replay_changelog
+from tierstore.server.ports import Changelog, ChangelogRecord, ObjectStore
+from tierstore.server.restore import ReadOnlyView, replay_changelog
 from tierstore.server.snapshots import SnapshotStore
 from tierstore.server.specs import StoreSpec, check_store_name
 
@@ -81,16 +81,16 @@ class ShardFork:
     replayed_batches: int
     next_offsets: dict[str, int] | None  # offsets of the first commit past the point
     exact: bool  # the point's offsets for the inputs this shard names equal the commit's
-    keys: int  # approximate
+    keys: int
     checkpoint: Path = field(compare=False)
 
 
-class _GapWatch:
+class _GapWatch(ReadOnlyView):
     """A Changelog whose reads note the first offset gap: records removed by retention or
     compaction, so that the history between a snapshot and the point is incomplete."""
 
     def __init__(self, inner: Changelog) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gap: tuple[int, int] | None = None  # (expected offset, offset found)
 
     def read(self, store: str, partition: int, start_offset: int
@@ -107,19 +107,6 @@ class _GapWatch:
             if page:
                 expected = page[-1].offset + 1
             yield page
-
-    def ensure_topic(self, store: str, num_partitions: int,
-                     retention_ms: int | None = None) -> None:
-        self.inner.ensure_topic(store, num_partitions, retention_ms)
-
-    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header],
-                     marker_value: bytes, marker_headers: Sequence[Header],
-                     while_waiting: Callable[[], None] | None = None) -> int:
-        raise ForkError("a fork never appends to the source store's changelog")
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def check_new_store(objects: ObjectStore, changelog: Changelog | None, spec: StoreSpec,
@@ -207,7 +194,7 @@ def build_shard(
             _check_shard(name, meta, next_offsets, point, changelog is not None)
         exact = point is None or _exact(meta.offsets, point, named)
         db.apply_log([], [], ShardMeta(meta.epoch, meta.commit_seq, 0, dict(meta.offsets)), [])
-        keys = db.approximate_num_entries()
+        keys = sum(1 for _ in db.iterate(None, None))
         db.checkpoint(work / "checkpoint")
     finally:
         db.close()

@@ -49,12 +49,37 @@ class ReplayResult:
     stop_marker: Marker | None = None
 
 
-class LogPrefix:
-    """A read-only view of a changelog that ends before `end` (the records a restore started
-    then would read, even while the shard's owner keeps appending)."""
+class ReadOnlyView:
+    """A Changelog that reads through `inner` and never appends (restores, forks); `close`
+    leaves `inner` open, since it is not the view's. Subclasses filter `read`."""
+
+    def __init__(self, inner: Changelog) -> None:
+        self.inner = inner
+
+    def read(self, store: str, partition: int, start_offset: int
+             ) -> Iterator[list[ChangelogRecord]]:
+        return self.inner.read(store, partition, start_offset)
+
+    def ensure_topic(self, store: str, num_partitions: int,
+                     retention_ms: int | None = None) -> None:
+        self.inner.ensure_topic(store, num_partitions, retention_ms)
+
+    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
+                     values: Sequence[bytes | None], headers: Sequence[Header],
+                     marker_value: bytes, marker_headers: Sequence[Header],
+                     while_waiting: Callable[[], None] | None = None) -> int:
+        raise TypeError(f"{type(self).__name__} is a read-only view of a changelog")
+
+    def close(self) -> None:
+        pass
+
+
+class LogPrefix(ReadOnlyView):
+    """The changelog up to (not including) offset `end`: the records a restore started then
+    would read, even while the shard's owner keeps appending."""
 
     def __init__(self, inner: Changelog, end: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.end = end
 
     def read(self, store: str, partition: int, start_offset: int
@@ -68,19 +93,6 @@ class LogPrefix:
                     yield head
                 return
             yield page
-
-    def ensure_topic(self, store: str, num_partitions: int,
-                     retention_ms: int | None = None) -> None:
-        self.inner.ensure_topic(store, num_partitions, retention_ms)
-
-    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header],
-                     marker_value: bytes, marker_headers: Sequence[Header],
-                     while_waiting: Callable[[], None] | None = None) -> int:
-        raise TypeError("a LogPrefix is read-only")
-
-    def close(self) -> None:
-        """The inner changelog is not this view's to close."""
 
 
 def replay_changelog(

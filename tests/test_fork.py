@@ -73,6 +73,7 @@ def test_fork_at_offsets_against_real_servers(
         assert parts[1]["committed_offsets"] == {"orders:1": 30}
         assert parts[1]["base_snapshot_id"] is None and parts[1]["exact"] is True
         assert parts[1]["commit_seq"] == 3
+        assert (parts[0]["keys"], parts[1]["keys"]) == (len(history[0][6]), len(history[1][2]))
 
         # a server claims the fork: the state of those commits, and their offsets
         forked = [client.key_value_store("orders-fork", partition=p) for p in (0, 1)]

@@ -142,3 +142,52 @@ def test_predicted_restore_time_matches_a_real_restore_and_stays_under_the_targe
     assert 0.5 <= ratio <= 2.0
     assert predicted < TARGET_S and measured < TARGET_S
     # (the client's figure also holds the claim: its marker is the new server's first produce)
+
+
+def test_restore_target_setting_flag_env_and_bad_values() -> None:
+    from tierstore.server.config import ConfigError, load_config
+
+    assert load_config({}, environ={}).restore_target_seconds == 0  # off by default
+    env = {"TIERSTORE_RESTORE_TARGET_SECONDS": "30"}
+    assert load_config({}, environ=env).restore_target_seconds == 30
+    assert load_config({"restore_target_seconds": "7.5"}, environ=env).restore_target_seconds \
+        == 7.5  # the flag wins
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(ConfigError, match="restore_target_seconds"):
+            load_config({"restore_target_seconds": bad}, environ={})
+
+
+def test_model_reproduces_a_restore_and_extrapolates_linearly() -> None:
+    """One timed restore: 8 MiB in 0.5 s, 50k records at a steady 100k/s after a first page at
+    0.1 s. The model must give back that restore's time, and scale with the tail."""
+    from tierstore.server.registry import RestoreProgress
+    from tierstore.server.restoretarget import RestoreModel, TargetPolicy
+
+    model = RestoreModel(TargetPolicy(target_s=10))
+    assert math.isnan(model.predict(0, 1000))  # nothing measured yet
+    p = RestoreProgress(started=100.0, bytes_done=8 << 20, bytes_total=8 << 20, records=50_000)
+    p.replay_started = 100.5
+    p.first_page = (100.6, 1_000)
+    p.last_page = (101.09, 50_000)
+    p.finished = 101.2
+    model.observe(p)
+    assert model.replay_rate == pytest.approx(49_000 / 0.49)
+    assert model.download_rate == pytest.approx((8 << 20) / 0.5)
+    assert model.predict(8 << 20, 50_000) == pytest.approx(1.2)
+    more = model.predict(8 << 20, 150_000) - model.predict(8 << 20, 50_000)
+    assert more == pytest.approx(100_000 / model.replay_rate)
+
+
+def test_log_prefix_stops_where_the_shard_stood() -> None:
+    from tests.memlog import MemoryChangelog
+    from tierstore.server.restore import LogPrefix
+
+    log = MemoryChangelog()
+    for i in range(3):
+        log.append_batch("s", 0, [b"k%d" % i] * 400, [b"v"] * 400, [], b"{}", [])
+    end = 802  # two batches of 401 records
+    seen = [r.offset for page in LogPrefix(log, end).read("s", 0, 0) for r in page]
+    assert seen == list(range(end))
+    assert list(LogPrefix(log, end).read("s", 0, end)) == []
+    with pytest.raises(TypeError):
+        LogPrefix(log, end).append_batch("s", 0, [], [], [], b"", [])
