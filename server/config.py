@@ -79,6 +79,9 @@ class ServerConfig:
     # snapshotted and evicted; 0 means no budget.
     max_local_bytes: int = 0
     evict_idle_s: float = 30.0  # a shard unused this long may be evicted
+    # Snapshot shards early enough that restoring one (download + changelog tail replay) is
+    # predicted to take less than this (see tierstore.server.restoretarget); 0 means off.
+    restore_target_seconds: float = 0.0
 
     def object_store_url(self) -> str:
         return self.object_store or (self.data_dir / "snapshots").resolve().as_uri()
@@ -124,6 +127,9 @@ class ServerConfig:
             raise ConfigError(f"standby_replicas: must be 0 or more, got {self.standby_replicas}")
         if self.evict_idle_s < 0:
             raise ConfigError(f"evict_idle_s: must be 0 or more, got {self.evict_idle_s}")
+        if not self.restore_target_seconds >= 0:  # negative or NaN
+            raise ConfigError(f"restore_target_seconds: must be 0 (off) or positive, got "
+                              f"{self.restore_target_seconds}")
         if self.max_local_bytes < 0:
             raise ConfigError(f"max_local_bytes: must be 0 (off) or positive, got "
                               f"{self.max_local_bytes}")
@@ -191,6 +197,7 @@ FLAGS: Mapping[str, str] = {
     "--max-local-bytes": "max_local_bytes",
     "--evict-idle-s": "evict_idle_s",
     "--standby-replicas": "standby_replicas",
+    "--restore-target-seconds": "restore_target_seconds",
 }
 
 

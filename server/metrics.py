@@ -220,6 +220,44 @@ class StateCollector(Collector):
             yield g
         yield from self._restores()
         yield self._standby_lag()
+        yield from self._restore_target()
+
+    def _restore_target(self) -> Iterator[Metric]:
+        """Predicted restore times (tierstore.server.restoretarget); only with a target set."""
+        rt = self.svc.restore_target
+        if rt is None:
+            return
+        predicted = _gauge("tierstore_restore_predicted_seconds", "Predicted seconds to restore "
+                           "the shard on an empty disk now: snapshot download plus changelog "
+                           "tail replay, at the rates measured here (NaN until calibrated)",
+                           SHARD)
+        for (store, partition), seconds in sorted(rt.predicted.items()):
+            predicted.add_metric([store, str(partition)], seconds)
+        m = rt.model
+        figures = {
+            "target_seconds": ("The restore-time target (--restore-target-seconds)",
+                               rt.policy.target_s),
+            "replay_rate_records_per_second": ("Changelog replay rate measured by restores "
+                                               "and calibrations (NaN: not yet)",
+                                               m.replay_rate),
+            "download_rate_bytes_per_second": ("Snapshot download rate measured by restores "
+                                               "of 4 MiB or more (NaN: not yet)",
+                                               m.download_rate),
+            "overhead_seconds": ("Fixed cost of a restore besides download and replay",
+                                 m.overhead_s),
+        }
+        for name, (doc, value) in figures.items():
+            g = _gauge(f"tierstore_restore_{name}", doc)
+            g.add_metric([], math.nan if value is None else value)
+            yield g
+        triggered = CounterMetricFamily("tierstore_restore_target_snapshots", "Snapshots taken "
+                                        "because a shard's predicted restore time neared the "
+                                        "target")
+        triggered.add_metric([], rt.snapshots_triggered)
+        calibrations = CounterMetricFamily("tierstore_restore_calibrations", "Calibration "
+                                           "restores (a scratch copy of a shard, timed)")
+        calibrations.add_metric([], rt.calibrations)
+        yield from (predicted, triggered, calibrations)
 
     def _standby_lag(self) -> Metric:
         g = _gauge("tierstore_standby_lag_seconds", "Standby copies followed here: seconds "

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierstore.server.errors import ObjectNotFoundError, StoreNotFoundError
-from tierstore.server.hottier import HotTier
+from tierstore.server.hottier import HotTier, ShardDB
+from tierstore.server.manifest import Manifest
 from tierstore.server.ports import Changelog, ObjectStore
-from tierstore.server.restore import ReplayResult, replay_changelog
+from tierstore.server.restore import LogPrefix, ReplayResult, replay_changelog
 from tierstore.server.shard import Shard, ShardLimits
 from tierstore.server.snapshots import SnapshotStore
 from tierstore.server.specs import StoreSpec, check_store_name, reconcile
@@ -46,9 +47,21 @@ class RestoreProgress:
     bytes_total: int = 0
     records: int = 0
     finished: float | None = None
+    replay_started: float | None = None
+    first_page: tuple[float, int] | None = None  # (when, records read): the replay's first page
+    last_page: tuple[float, int] | None = None
 
     def on_bytes(self, done: int, total: int) -> None:
         self.bytes_done, self.bytes_total = done, total
+
+    def start_replay(self) -> None:
+        self.phase, self.replay_started = "replay", time.monotonic()
+
+    def on_records(self, records: int) -> None:
+        self.records = records
+        self.last_page = (time.monotonic(), records)
+        if self.first_page is None:
+            self.first_page = self.last_page
 
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -91,6 +104,7 @@ class Registry:
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         self.load_reports: dict[tuple[str, int], LoadReport] = {}
         self.restores: dict[tuple[str, int], RestoreProgress] = {}
+        self.on_load: Callable[[RestoreProgress], None] | None = None  # after each shard load
         (data_dir / "stores").mkdir(parents=True, exist_ok=True)
         (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(data_dir / "tmp", ignore_errors=True)
@@ -197,9 +211,35 @@ class Registry:
             return list(self._shards.values())
 
     def _load(self, spec: StoreSpec, partition: int) -> Shard:
-        path = self.shard_dir(spec.name, partition)
-        source, snapshot_id = "local", None
         progress = self.restores[(spec.name, partition)] = RestoreProgress()
+        db, source, manifest, replay = self._restore(
+            spec, partition, self.shard_dir(spec.name, partition), progress)
+        self.load_reports[(spec.name, partition)] = LoadReport(
+            source, manifest.snapshot_id if manifest is not None else None, replay)
+        repair = replay.uncommitted_keys if replay is not None else set()
+        shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
+        if replay is not None:
+            shard.epoch_floor = replay.max_epoch
+            shard.log_end = replay.end_offset
+        if source != "local":  # a restore started from this snapshot (or from offset 0)
+            shard.snapshot_offset = manifest.changelog_offset if manifest is not None else 0
+            shard.snapshot_bytes = manifest.total_bytes if manifest is not None else 0
+        if self.on_load is not None:
+            self.on_load(progress)
+        return shard
+
+    def _restore(
+        self, spec: StoreSpec, partition: int, path: Path, progress: RestoreProgress,
+        changelog_end: int | None = None,
+    ) -> tuple[ShardDB, str, Manifest | None, ReplayResult | None]:
+        """Open the shard's database at `path`, restoring it first if it is not there (newest
+        snapshot, then the changelog to its end, or to `changelog_end`). Returns the open
+        database, the source ("local", "snapshot", "changelog" or "new"), the snapshot used and
+        the replay."""
+        source, manifest = "local", None
+        changelog = self.changelog
+        if changelog is not None and changelog_end is not None:
+            changelog = LogPrefix(changelog, changelog_end)
         if not (path / "CURRENT").exists():
             shutil.rmtree(path, ignore_errors=True)
             tmp = self.data_dir / "tmp" / f"restore-{uuid.uuid4().hex}"
@@ -208,7 +248,7 @@ class Registry:
             if manifest is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.replace(path)
-                source, snapshot_id = "snapshot", manifest.snapshot_id
+                source = "snapshot"
                 log.info("restored %s/%d from snapshot %d", spec.name, partition,
                          manifest.snapshot_id)
             else:
@@ -216,37 +256,45 @@ class Registry:
                 source = "changelog" if self.changelog is not None else "new"
         db = self.hot.open(path)
         replay: ReplayResult | None = None
-        repair: set[bytes] = set()
-        if self.changelog is not None:
-            self.changelog.ensure_topic(spec.name, spec.num_partitions,
-                                        spec.changelog_retention_ms())
-            progress.phase = "replay"
-            log_progress = _progress_logger(f"{spec.name}/{partition}")
-
-            def on_records(records: int) -> None:
-                progress.records = records
-                log_progress(records)
-
+        if changelog is not None:
             try:
+                changelog.ensure_topic(spec.name, spec.num_partitions,
+                                       spec.changelog_retention_ms())
+                progress.start_replay()
+                log_progress = _progress_logger(f"{spec.name}/{partition}")
+
+                def on_records(records: int) -> None:
+                    progress.on_records(records)
+                    log_progress(records)
+
                 replay = replay_changelog(
-                    db, self.changelog, spec.name, partition, progress=on_records, spec=spec,
+                    db, changelog, spec.name, partition, progress=on_records, spec=spec,
                 )
             except BaseException:
                 db.close()
                 raise
-            repair = replay.uncommitted_keys
             log.info(
                 "%s/%d: replayed %d changelog records (%d batches) in %.2fs; %d uncommitted keys",
                 spec.name, partition, replay.records_read, replay.batches_applied,
-                replay.seconds, len(repair),
+                replay.seconds, len(replay.uncommitted_keys),
             )
         progress.phase, progress.finished = "done", time.monotonic()
-        self.load_reports[(spec.name, partition)] = LoadReport(source, snapshot_id, replay)
-        shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
-        if replay is not None:
-            shard.epoch_floor = replay.max_epoch
-            shard.log_end = replay.end_offset
-        return shard
+        return db, source, manifest, replay
+
+    def probe_restore(self, spec: StoreSpec, partition: int, changelog_end: int
+                      ) -> RestoreProgress:
+        """Restore a copy of the shard, with the changelog up to `changelog_end` (where the
+        shard stands: the owner keeps appending meanwhile), into a scratch directory, timing
+        each phase, and delete it: what loading the shard on an empty disk costs now
+        (restore-time calibration). The open shard is not touched."""
+        path = self.data_dir / "tmp" / f"probe-{uuid.uuid4().hex}"
+        progress = RestoreProgress()
+        try:
+            db, *_ = self._restore(spec, partition, path, progress, changelog_end)
+            db.close()
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        return progress
 
     def unload(self, shard: Shard) -> None:
         with self._lock:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tierstore.server.hottier import ShardDB, ShardMeta
-from tierstore.server.logproto import MARKER_KEY, header_epoch, parse_marker
-from tierstore.server.ports import Changelog
+from tierstore.server.logproto import MARKER_KEY, Marker, header_epoch, parse_marker
+from tierstore.server.ports import Changelog, ChangelogRecord, Header
 from tierstore.server.segments import SegmentDrops
 from tierstore.server.specs import StoreSpec
 
@@ -45,6 +45,54 @@ class ReplayResult:
     uncommitted_keys: set[bytes] = field(default_factory=set)
     seconds: float = 0.0
     end_offset: int = -1  # the offset after the last record read: where the next append lands
+    stopped_at: int = -1  # with `until`: the offset of the marker the replay stopped before
+    stop_marker: Marker | None = None
+
+
+class ReadOnlyView:
+    """A Changelog that reads through `inner` and never appends (restores, forks); `close`
+    leaves `inner` open, since it is not the view's. Subclasses filter `read`."""
+
+    def __init__(self, inner: Changelog) -> None:
+        self.inner = inner
+
+    def read(self, store: str, partition: int, start_offset: int
+             ) -> Iterator[list[ChangelogRecord]]:
+        return self.inner.read(store, partition, start_offset)
+
+    def ensure_topic(self, store: str, num_partitions: int,
+                     retention_ms: int | None = None) -> None:
+        self.inner.ensure_topic(store, num_partitions, retention_ms)
+
+    def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
+                     values: Sequence[bytes | None], headers: Sequence[Header],
+                     marker_value: bytes, marker_headers: Sequence[Header],
+                     while_waiting: Callable[[], None] | None = None) -> int:
+        raise TypeError(f"{type(self).__name__} is a read-only view of a changelog")
+
+    def close(self) -> None:
+        pass
+
+
+class LogPrefix(ReadOnlyView):
+    """The changelog up to (not including) offset `end`: the records a restore started then
+    would read, even while the shard's owner keeps appending."""
+
+    def __init__(self, inner: Changelog, end: int) -> None:
+        super().__init__(inner)
+        self.end = end
+
+    def read(self, store: str, partition: int, start_offset: int
+             ) -> Iterator[list[ChangelogRecord]]:
+        if start_offset >= self.end:
+            return
+        for page in self.inner.read(store, partition, start_offset):
+            if page and page[-1].offset >= self.end:
+                head = [r for r in page if r.offset < self.end]
+                if head:
+                    yield head
+                return
+            yield page
 
 
 def replay_changelog(
@@ -54,10 +102,14 @@ def replay_changelog(
     partition: int,
     progress: Progress | None = None,
     spec: StoreSpec | None = None,
+    until: Callable[[Marker], bool] | None = None,
 ) -> ReplayResult:
     """Apply every committed batch after the database's changelog offset. Crash-safe: each batch
     is applied with its metadata atomically, so an interrupted replay resumes where it stopped.
-    Without `spec` (or for a kv store) no segment drops are derived."""
+    Without `spec` (or for a kv store) no segment drops are derived. With `until`, the replay
+    stops before the first (non-zombie) marker for which until(marker) is true: neither that
+    batch nor anything after it is applied (`stopped_at`, `stop_marker` say where; `end_offset`
+    and `uncommitted_keys` then describe only what was read before it)."""
     started = time.monotonic()
     drops = SegmentDrops(spec, db) if spec is not None and spec.windowed else None
     meta = db.read_meta()
@@ -81,6 +133,10 @@ def replay_changelog(
                 if m.epoch < max_epoch:
                     result.zombie_records += 1
                     continue
+                if until is not None and until(m):
+                    result.stopped_at, result.stop_marker = rec.offset, m
+                    result.end_offset = rec.offset
+                    break
                 max_epoch = m.epoch
                 meta = ShardMeta(m.epoch, m.seq, rec.offset + 1, m.offsets)
                 ranges: list[tuple[bytes, bytes]] = []
@@ -107,6 +163,8 @@ def replay_changelog(
             pend_values.append(rec.value)
         if progress is not None:
             progress(result.records_read)
+        if result.stop_marker is not None:
+            break
     result.meta = meta
     result.max_epoch = max_epoch
     result.uncommitted_keys = set(pend_keys)

@@ -24,6 +24,7 @@ from tierstore.server.freshness import ReadFreshness, ReadRouter
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.ports import Changelog, ObjectStore
 from tierstore.server.registry import Registry
+from tierstore.server.restoretarget import RestoreTarget, TargetPolicy
 from tierstore.server.shard import CommitResult, Shard, ShardLimits
 from tierstore.server.snapshots import Manifest, SnapshotStore
 from tierstore.server.snapshotter import SnapshotPolicy, Snapshotter
@@ -86,6 +87,14 @@ class StoreService:
         self.evictor = Evictor(self.registry, self.snapshotter,
                                TieringPolicy(max_local_bytes=cfg.max_local_bytes,
                                              min_idle_s=cfg.evict_idle_s))
+        self.restore_target: RestoreTarget | None = None
+        if cfg.restore_target_seconds > 0:
+            if changelog is None:
+                log.warning("restore_target_seconds is set but there is no changelog: a "
+                            "restore is a snapshot download only, and commits since the last "
+                            "snapshot are on the local disk alone")
+            self.restore_target = RestoreTarget(self.registry, self.snapshotter,
+                                                TargetPolicy(cfg.restore_target_seconds))
         # Called after each applied commit with (records, bytes) of its Commit message (metrics).
         self.on_commit: Callable[[int, int], None] | None = None
         self._closed = threading.Event()
@@ -305,6 +314,8 @@ class StoreService:
     def shutdown(self, snapshot: bool = True) -> None:
         """Stop taking requests, snapshot shards with new commits, close everything."""
         self._closed.set()
+        if self.restore_target is not None:
+            self.restore_target.stop()
         if self.standbys is not None:
             self.standbys.stop()
         if self.membership is not None:

@@ -112,6 +112,10 @@ class Shard:
         self._stage_bytes = 0
         self.commits_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
+        # The changelog offset and size of the snapshot a restore would start from (None:
+        # unknown, e.g. opened from the local disk); a restore replays the log from there.
+        self.snapshot_offset: int | None = None
+        self.snapshot_bytes = 0
         self.last_used = time.monotonic()
         self.epoch_floor = 0  # the newest epoch seen in the changelog, which a claim must pass
         self.standby = False  # a follower copy (tierstore.server.standby); promoted before use

@@ -256,11 +256,13 @@ class SnapshotStore:
 
     # ------------------------------------------------------------------------------ restore
     def restore_latest(
-        self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None
+        self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None,
+        accept: Callable[[Manifest], bool] | None = None,
     ) -> Manifest | None:
         """Download the newest usable snapshot into `dest_dir` (created; must be absent or
-        empty) and return its manifest. Each file is written whole (temp file + rename), checked
-        against its size and sha256, and fsynced; then dest_dir is fsynced.
+        empty) and return its manifest (with `accept`: the newest one it accepts). Each file
+        is written whole (temp file + rename), checked against its size and sha256, and
+        fsynced; then dest_dir is fsynced.
 
         A corrupt manifest, or a missing or corrupt file, is logged as a warning, dest_dir is
         wiped and the previous snapshot is tried. Returns None when the shard has no manifest
@@ -279,6 +281,8 @@ class SnapshotStore:
             for sid, key in self._manifest_ids(store, partition):
                 try:
                     manifest = self._load(store, partition, sid, key)
+                    if accept is not None and not accept(manifest):
+                        continue
                     self._download(manifest, dest_dir, progress)
                 except ObjectNotFoundError:  # the manifest was deleted by a concurrent gc
                     continue

@@ -55,11 +55,16 @@ class Snapshotter:
 
     def maybe_schedule(self, shard: Shard) -> None:
         if self.is_due(shard):
-            with self._qlock:
-                if id(shard) in self._queued:
-                    return
-                self._queued.add(id(shard))
-            self._queue.put(shard)
+            self.schedule(shard)
+
+    def schedule(self, shard: Shard) -> bool:
+        """Queue a background snapshot of the shard; False if one is queued already."""
+        with self._qlock:
+            if id(shard) in self._queued:
+                return False
+            self._queued.add(id(shard))
+        self._queue.put(shard)
+        return True
 
     def _serial(self, shard: Shard) -> threading.Lock:
         with self._qlock:
@@ -112,6 +117,8 @@ class Snapshotter:
                     shard.commits_since_snapshot += commits
                 raise
             serial.release()
+            shard.snapshot_offset = manifest.changelog_offset
+            shard.snapshot_bytes = manifest.total_bytes
             self.taken += 1
             if self.on_snapshot is not None:
                 self.on_snapshot(shard, manifest, time.monotonic() - started)

@@ -178,12 +178,13 @@ def test_cli_failures_exit_1_and_usage_errors_exit_2(
 
 
 def test_every_command_has_help() -> None:
-    for command in (["serve"], ["config", "show"], ["inspect"], ["snapshot"], ["restore"]):
+    for command in (["serve"], ["config", "show"], ["inspect"], ["snapshot"], ["restore"],
+                    ["fork"]):
         out = ok(*command, "--help")
         assert out.startswith("usage: tierstore " + " ".join(command))
     assert "--block-cache-bytes" in ok("serve", "--help")
     assert "--metrics-listen" in ok("config", "show", "--help")
-    for name in ("inspect", "snapshot", "restore", "bench", "config"):
+    for name in ("inspect", "snapshot", "restore", "fork", "bench", "config"):
         assert name in ok("--help")
 
 

@@ -1,4 +1,4 @@
-"""The `tierstore` command line: serve, config show, inspect, snapshot, restore, bench.
+"""The `tierstore` command line: serve, config show, inspect, snapshot, restore, fork, bench.
 
 Exit codes: 0 success, 1 failure, 2 usage or configuration error.
 """
@@ -76,6 +76,9 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--evict-idle-s": "a shard unused this many seconds may be evicted (default 30)",
         "--max-local-bytes": "evict idle shards to object storage above this many local bytes "
         "(default 0: no budget)",
+        "--restore-target-seconds": "snapshot each shard early enough that restoring it "
+        "(snapshot download + changelog replay, as measured here) is predicted to take less "
+        "than this many seconds (default 0: off)",
     }
     for flag, field_name in FLAGS.items():
         p.add_argument(flag, dest=field_name, default=None,
@@ -104,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tierstore.commands import bench, configcmd, inspection, restore, snapshot
+    from tierstore.commands import bench, configcmd, fork, inspection, restore, snapshot
 
     parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     commands = {"serve": _serve}
-    for module in (configcmd, inspection, snapshot, restore, bench):
+    for module in (configcmd, inspection, snapshot, restore, fork, bench):
         commands.update(module.add_parser(sub, add_server_flags))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to `python -m bench`

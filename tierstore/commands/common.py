@@ -12,11 +12,16 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from tierstore.client import Client, connect
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tierstore.server.hottier import HotTier
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -60,6 +65,14 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress bars on stderr (default: when stderr is a terminal)")
+
+
+def offline_hot_tier(root: Path) -> HotTier:
+    """A small hot tier for commands that open shard databases themselves (restore, fork)."""
+    from tierstore.server.hottier import HotTier, HotTierConfig
+
+    mib = 1024 * 1024
+    return HotTier(root, HotTierConfig(block_cache_bytes=64 * mib, write_buffer_bytes=64 * mib))
 
 
 def client_of(args: argparse.Namespace) -> Client:

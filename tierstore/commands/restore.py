@@ -24,6 +24,7 @@ from tierstore.commands.common import (
     Progress,
     add_object_store_args,
     add_output_args,
+    offline_hot_tier,
     parse_shard,
     print_json,
     run_guarded,
@@ -105,13 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _open_and_replay(args: argparse.Namespace, store: str, partition: int, dest: Path,
                      progress: Progress) -> dict[str, Any]:
-    from tierstore.server.hottier import HotTier, HotTierConfig
     from tierstore.server.restore import replay_changelog
 
-    mib = 1024 * 1024
-    hot = HotTier(dest.parent, HotTierConfig(block_cache_bytes=64 * mib,
-                                             write_buffer_bytes=64 * mib))
-    db = hot.open(dest)
+    db = offline_hot_tier(dest.parent).open(dest)
     out: dict[str, Any] = {"replayed_records": 0, "replayed_batches": 0, "replay_seconds": 0.0,
                            "zombie_records": 0, "uncommitted_records": 0}
     try:
