@@ -55,6 +55,10 @@ from tierstore.client.windowed import LocalWindowStore
 
 log = logging.getLogger("wordcount")
 
+# Fault injection for tests/test_example_worker.py: once this file exists, the process dies
+# (os._exit, as hard as SIGKILL) between the window store's commit and the totals store's.
+CRASH_FILE = os.environ.get("WORDCOUNT_TEST_CRASH_FILE")
+
 Totals = dict[bytes, int]  # word -> increment
 Windows = dict[tuple[bytes, int], int]  # (word, window start ms) -> increment
 
@@ -83,6 +87,13 @@ class Backend(Protocol):
 
 
     def close(self) -> None: ...
+
+
+def between_commits() -> None:
+    if CRASH_FILE and os.path.exists(CRASH_FILE):
+        log.error("crash file %s exists: exiting between the two stores' commits", CRASH_FILE)
+        logging.shutdown()
+        os._exit(9)
 
 
 def add_counts(kv: BufferedKeyValueStore, ws: WindowStoreImpl, totals: Totals,
@@ -132,6 +143,7 @@ class RemoteState:
     def commit(self, next_offset: int) -> None:
         self.ws.commit({self.source: next_offset})
         self.windows_from = max(self.windows_from, next_offset)
+        between_commits()
         self.kv.commit({self.source: next_offset})
         self.totals_from = max(self.totals_from, next_offset)
 
@@ -208,6 +220,7 @@ class LocalState:
         self.dirty = {}
         self.ws.commit(offsets)
         self.windows_from = max(self.windows_from, next_offset)
+        between_commits()
         self.kv.commit(offsets)
         self.totals_from = max(self.totals_from, next_offset)
 

@@ -74,11 +74,17 @@ def reference(records: list[Record]) -> tuple[dict[bytes, int], dict[tuple[bytes
     return dict(totals), dict(windows)
 
 
-def produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int]:
-    """Create the topic and produce every record; returns the end offset of each partition."""
+def create_topic(bootstrap: str, topic: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS,
                                   replication_factor=1)])[topic].result(timeout=30)
+
+
+def produce(bootstrap: str, topic: str, records: list[Record],
+            per_second: float | None = None) -> dict[int, int]:
+    """Produce every record (at most `per_second`); returns the end offset of each partition
+    (the topic is new: offsets run from 0)."""
+    started = time.monotonic()
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                          "linger.ms": 20, "batch.num.messages": 10_000})
     failed: list[str] = []
@@ -88,7 +94,12 @@ def produce(bootstrap: str, topic: str, records: list[Record]) -> dict[int, int]
         if err is not None:
             failed.append(str(err))
 
-    for p, word, ts in records:
+    for i, (p, word, ts) in enumerate(records):
+        if per_second is not None and i % 100 == 0:
+            ahead = started + i / per_second - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
         while True:
             try:
                 producer.produce(topic, word, word, p, timestamp=ts, on_delivery=delivered)
@@ -105,12 +116,13 @@ class WorkerProc:
     """examples/wordcount.py as a subprocess; its log lines are collected as they come."""
 
     cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+                                     cwd=ROOT, env={**os.environ, **self.env})
         self._q: queue.Queue[str] = queue.Queue()
         out = self.proc.stdout
         assert out is not None
@@ -128,14 +140,20 @@ class WorkerProc:
             except queue.Empty:
                 return
 
+    def has(self, text: str) -> bool:
+        self.drain()
+        return any(text in line for line in self.lines)
+
     def committed(self) -> dict[int, int]:
-        """The newest committed offset of each partition, from the worker's log: where it
-        resumed, then its commit lines."""
-        out = self.resumed_at()
+        """The highest committed offset of each partition seen in the worker's log: where it
+        resumed, and its commit lines (offsets only grow, whoever committed them)."""
+        self.drain()
+        out: dict[int, int] = {}
         for line in self.lines:
-            if " committed " in line:
-                for p, off in re.findall(r":(\d+)=(\d+)", line):
-                    out[int(p)] = int(off)
+            found = re.findall(r":(\d+)=(\d+)", line) if " committed " in line else (
+                re.findall(r"partition (\d+): claimed .* resuming at offset (\d+)", line))
+            for p, off in found:
+                out[int(p)] = max(out.get(int(p), 0), int(off))
         return out
 
     def wait(self, predicate: object, timeout_s: float, what: str) -> None:
@@ -158,10 +176,15 @@ class WorkerProc:
                 return float(m.group(1)) - self.started_at
         raise AssertionError("the worker never logged its first record")
 
-    def resumed_at(self) -> dict[int, int]:
+    def claims(self) -> list[tuple[int, int, int]]:
+        """(partition, totals from, windows from) of each claim in the worker's log."""
         self.drain()
-        return {int(p): int(o) for p, o in (re.findall(
-            r"partition (\d+): claimed .* resuming at offset (\d+)", "\n".join(self.lines)))}
+        return [(int(p), int(t), int(w)) for p, t, w in re.findall(
+            r"partition (\d+): claimed .* \(totals from (\d+), windows from (\d+)\)",
+            "\n".join(self.lines))]
+
+    def resumed_at(self) -> dict[int, int]:
+        return {p: min(t, w) for p, t, w in self.claims()}
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -198,6 +221,8 @@ def run_with_kill(base_cmd: list[str], state_dirs: tuple[list[str], list[str]],
         assert set(resumed) == set(range(PARTITIONS))
         assert total // 2 <= sum(resumed.values()) < total, resumed  # it resumed, not restarted
         assert second.terminate() == 0, "\n".join(second.lines[-20:])
+        if os.environ.get("WORDCOUNT_DEBUG"):
+            print("\n".join(first.lines[-5:] + second.lines[:8]))
         assert any("stopped after" in line for line in second.lines)
     finally:
         second.close()
@@ -209,6 +234,7 @@ def test_wordcount_worker_kill9_resumes_exactly_once_tierstore_vs_local_baseline
 ) -> None:
     records = generate(seed=8)
     want_totals, want_windows = reference(records)
+    create_topic(broker.bootstrap, "words")
     ends = produce(broker.bootstrap, "words", records)
     assert len(ends) == PARTITIONS
     common = [sys.executable, str(WORKER), "--bootstrap", broker.bootstrap, "--input", "words",
@@ -251,3 +277,56 @@ def test_wordcount_worker_kill9_resumes_exactly_once_tierstore_vs_local_baseline
           f"{ts_first:.2f} s, local RocksDB + changelog restore {base_first:.2f} s "
           f"(baseline/tierstore = {base_first / ts_first:.1f}x); "
           + "; ".join(restored), flush=True)
+
+
+def test_wordcount_consumer_group_rebalance_and_crash_between_the_two_commits(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Group mode: worker A starts alone; B joins (A's partitions are revoked: A commits and
+    closes them; the two split them); then A dies between the window store's commit and the
+    totals store's; after A's session times out B takes A's partitions over, resumes each
+    store from its own offset, and the counts equal the reference while input keeps coming."""
+    records = generate(seed=9)[:24_000]
+    want_totals, want_windows = reference(records)
+    create_topic(broker.bootstrap, "words")
+    server = ServerProc(tmp_path / "server")
+    crash = tmp_path / "crash-now"
+    cmd = [sys.executable, str(WORKER), "--bootstrap", broker.bootstrap, "--input", "words",
+           "--tierstore", server.address, "--app", "grp", "--commit-every", "1000",
+           "--commit-interval-ms", "300"]
+    ends: dict[int, int] = {}
+    producer = threading.Thread(
+        target=lambda: ends.update(produce(broker.bootstrap, "words", records, 1_000)))
+    a = WorkerProc(cmd, env={"WORDCOUNT_TEST_CRASH_FILE": str(crash)})
+    b: WorkerProc | None = None
+    try:
+        producer.start()
+        a.wait(lambda: a.has(" committed "), 60, "A committing")
+        b = WorkerProc(cmd)
+        w = b
+        w.wait(lambda: w.has(" claimed "), 60, "B joining the group")
+        assert a.has("released"), "A's partitions were not revoked"
+        assert {p for p, _, _ in a.claims()} | {p for p, _, _ in b.claims()} == {0, 1, 2}
+        crash.touch()
+        a.proc.wait(timeout=30)
+        assert a.proc.returncode == 9, a.lines[-10:]
+        producer.join(timeout=60)
+        assert sum(ends.values()) == len(records)
+        w.wait(lambda: w.committed() == ends, 90, "B reaching the end of every partition")
+        takeover = [c for c in w.claims() if c[1] != c[2]]
+        assert takeover and all(t < w_ for _, t, w_ in takeover), w.claims()  # skip logic used
+        assert w.terminate() == 0, w.lines[-20:]
+        if os.environ.get("WORDCOUNT_DEBUG"):
+            print("\n".join(["A:", *a.lines, "B:", *w.lines]))
+        client = server.client()
+        got_totals = {k: int(v) for k, v in client.reader("grp-totals").all()}
+        got_windows = {(k, t): int(v) for k, t, v in
+                       client.window_reader("grp-windows").fetch_all(0, wk.MAX_TIME)}
+        client.close()
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+        server.close()
+    assert got_totals == want_totals
+    assert got_windows == want_windows
