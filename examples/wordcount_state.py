@@ -141,11 +141,15 @@ class RemoteState:
         add_counts(self.kv, self.ws, totals, windows)
 
     def commit(self, next_offset: int) -> None:
-        self.ws.commit({self.source: next_offset})
-        self.windows_from = max(self.windows_from, next_offset)
+        # A store already past next_offset (the other one is catching up after a crash between
+        # the two commits) has nothing new, and must not have its offset moved back.
+        if next_offset > self.windows_from:
+            self.ws.commit({self.source: next_offset})
+            self.windows_from = next_offset
         between_commits()
-        self.kv.commit({self.source: next_offset})
-        self.totals_from = max(self.totals_from, next_offset)
+        if next_offset > self.totals_from:
+            self.kv.commit({self.source: next_offset})
+            self.totals_from = next_offset
 
     def close(self) -> None:
         self.ws.close()
@@ -218,11 +222,13 @@ class LocalState:
         offsets = {self.source: next_offset}
         self.b.append(self.partition, self.dirty, offsets)  # acknowledged by the broker
         self.dirty = {}
-        self.ws.commit(offsets)
-        self.windows_from = max(self.windows_from, next_offset)
+        if next_offset > self.windows_from:  # (as in RemoteState.commit)
+            self.ws.commit(offsets)
+            self.windows_from = next_offset
         between_commits()
-        self.kv.commit(offsets)
-        self.totals_from = max(self.totals_from, next_offset)
+        if next_offset > self.totals_from:
+            self.kv.commit(offsets)
+            self.totals_from = next_offset
 
     def apply(self, offsets: dict[str, int], batch: list[tuple[bytes, bytes]]) -> None:
         """Restore: apply one complete changelog batch to each store it is new to."""
