@@ -17,6 +17,7 @@ baseline's restore visible.
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import random
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -333,3 +335,43 @@ def test_wordcount_consumer_group_rebalance_and_crash_between_the_two_commits(
         server.close()
     assert got_totals == want_totals
     assert got_windows == want_windows
+
+
+def test_wordcount_state_resumes_each_store_from_its_own_offset(tmp_path: Path) -> None:
+    """The two-store rule, step by step on a real server: after a crash between the window
+    store's commit and the totals store's, a new claim resumes each store from its own offset,
+    and a commit below the window store's offset leaves that offset where it was (moving it
+    back would count those records twice in the windows after the next crash)."""
+    sys.path.insert(0, str(WORKER.parent))
+    remote_state = importlib.import_module("wordcount_state").RemoteState
+
+    server = ServerProc(tmp_path / "server")
+    try:
+        client = server.client()
+
+        def claim() -> Any:
+            return remote_state(client, "unit", "words:0", 0, 1, WINDOW_MS, RETENTION_MS)
+
+        st = claim()
+        st.add({b"a": 2}, {(b"a", 0): 2})
+        st.commit(10)
+        st.add({b"a": 2}, {(b"a", 0): 2})  # records 10..19: "a" at 12 and 17
+        st.ws.commit({"words:0": 20})  # the crash: windows committed, totals not
+        st.close()
+        st = claim()
+        assert (st.totals_from, st.windows_from) == (10, 20)
+        st.add({b"a": 1}, {})  # records 10..14 again ("a" at 12): totals only
+        st.commit(15)
+        assert st.ws.committed_offsets == {"words:0": 20}
+        assert st.kv.committed_offsets == {"words:0": 15}
+        st.add({b"a": 1}, {})  # 15..19 ("a" at 17)
+        st.commit(20)
+        st.close()
+        st = claim()
+        assert (st.totals_from, st.windows_from) == (20, 20)
+        assert st.kv.get(b"a") == b"4"
+        assert st.ws.fetch_window(b"a", 0) == b"4"  # each record counted once in each store
+        st.close()
+        client.close()
+    finally:
+        server.close()
