@@ -3,10 +3,11 @@
 `python -m bench.rocksdb_stats [--keys N] [--rounds R]`. Each round runs every workload once with
 statistics off and once on, in alternating order, each on a fresh shard database; the figure is
 the median per-round ratio (on / off), so noise from other work on the machine mostly cancels.
-Workloads go through the hot tier the server uses (HotTier, ShardDB): batched writes as a commit
-applies them (WAL off, as with a changelog), batched random reads (multi-get of 1,000) and single
-random reads, both from SST files through the block cache, once with a cache that holds the data
-and once with one far smaller (mostly misses).
+Workloads go through the hot tier the server uses (HotTier, ShardDB): batched random reads
+(multi-get of 1,000) and single random reads, both from SST files through the block cache, once
+with a cache that holds the data and once with one far smaller (mostly misses); and batched
+writes as a commit applies them (WAL off, as with a changelog), into the memtable only (100,000
+keys) and with their flushes (all keys), each as two whole runs per round in both orders.
 """
 
 from __future__ import annotations
@@ -70,8 +71,7 @@ Timings = dict[str, tuple[int, dict[bool, float]]]  # workload -> (ops, seconds 
 
 def _workloads(pair: _Pair, keys: list[bytes], reads: int) -> Timings:
     out: Timings = {}
-    writes = [_write_slice(keys[i:i + BATCH], i) for i in range(0, len(keys), BATCH)]
-    out["write"] = (len(keys), pair.timed(writes))
+    pair.timed([_write_slice(keys[i:i + BATCH], i) for i in range(0, len(keys), BATCH)])
     for db in pair.dbs.values():
         db.flush()
         db.compact()  # reads come from SST files through the block cache, not the memtable
@@ -92,6 +92,25 @@ def _workloads(pair: _Pair, keys: list[bytes], reads: int) -> Timings:
     return out
 
 
+def _write_ratio(root: Path, keys: list[bytes], flush: bool, reverse: bool) -> tuple[float, float]:
+    """Batched writes of `keys` into a fresh database, statistics off then on (or the reverse);
+    with `flush`, until the data is on disk (flushes and compactions included). Returns the
+    throughput (keys/s) with statistics off and the ratio on / off. Whole runs, not slices:
+    background flushes of one database would otherwise be timed against the other."""
+    rate = {}
+    for on in ((True, False) if reverse else (False, True)):
+        cfg = HotTierConfig(rocksdb_statistics=on, disable_wal=True)
+        db = HotTier(root / f"w{on}", cfg).open(root / f"w-{on}")
+        started = time.perf_counter()
+        for i in range(0, len(keys), BATCH):
+            _write_slice(keys[i:i + BATCH], i)(db)
+        if flush:
+            db.flush()
+        rate[on] = len(keys) / (time.perf_counter() - started)
+        db.close()
+    return rate[False], rate[True] / rate[False]
+
+
 def run(n_keys: int, rounds: int, out: Callable[[str], None] = print) -> dict[str, float]:
     """Median ratio (statistics on / off) per workload; also prints a table."""
     keys = _keys(n_keys)
@@ -110,6 +129,13 @@ def run(n_keys: int, rounds: int, out: Callable[[str], None] = print) -> dict[st
                 label = f"{name} ({cache_name})"
                 ratios.setdefault(label, []).append(secs[False] / secs[True])
                 absolute.setdefault(label, []).append(ops / secs[False])
+        for label, ks, flush in (("write, memtable only", keys[:100_000], False),
+                                 ("write, with flushes", keys, True)):
+            for rev in (False, True):
+                with tempfile.TemporaryDirectory(prefix="bench-stats-") as tmp:
+                    off, ratio = _write_ratio(Path(tmp), ks, flush, rev)
+                ratios.setdefault(label, []).append(ratio)
+                absolute.setdefault(label, []).append(off)
     out(f"RocksDB statistics cost: {n_keys:,} keys of 16 B + 100 B values, {rounds} rounds; "
         "ratio = throughput with statistics / without (median of rounds)")
     out(f"{'workload':<34} {'off, ops/s':>12} {'on/off':>8} {'min':>6} {'max':>6}")
