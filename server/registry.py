@@ -219,6 +219,13 @@ class Registry:
             except Exception:  # a health report must never fail a load
                 log.exception("readiness callback failed for store %s", store)
 
+    def load_state(self, store: str) -> tuple[list[int], dict[int, str]]:
+        """The store's partitions loading here now, and those whose last load failed (why)."""
+        with self._lock:
+            loading = sorted(p for s, p in self.loading if s == store)
+            failed = {p: why for (s, p), why in self.load_failures.items() if s == store}
+        return loading, failed
+
     def known_stores(self) -> list[str]:
         """Stores this server has seen: loaded specs and spec files on local disk (no object
         store call)."""

@@ -268,17 +268,15 @@ class StoreService:
         here is ready: its next claim restores it."""
         if self._closed.is_set():
             return "the server is shutting down"
-        reg = self.registry
-        with reg._lock:
-            loading = sorted(p for s, p in reg.loading if s == store)
-            failed = sorted((p, why) for (s, p), why in reg.load_failures.items() if s == store)
+        loading, failed = self.registry.load_state(store)
         loading = [p for p in loading if self._owns(store, p)]
         if loading:
             return f"restoring partition(s) {', '.join(map(str, loading))}"
-        failed = [(p, why) for p, why in failed if self._owns(store, p)]
-        if failed:
-            return "; ".join(f"partition {p}: load failed: {why}" for p, why in failed)
-        for shard in reg.open_shards():
+        failures = [f"partition {p}: load failed: {why}" for p, why in sorted(failed.items())
+                    if self._owns(store, p)]
+        if failures:
+            return "; ".join(failures)
+        for shard in self.registry.open_shards():
             if (shard.spec.name == store and shard.broken and not shard.standby
                     and self._owns(store, shard.partition)):
                 return f"partition {shard.partition}: {shard.broken}"

@@ -151,3 +151,31 @@ def test_store_health_follows_restores_and_their_failures(
     finally:
         watch.close()
         b.terminate()
+
+
+def test_a_broken_shard_and_shutdown_turn_the_store_not_serving(tmp_path: Path) -> None:
+    """In process: a shard broken by a failed local write (as a full disk leaves it) makes its
+    store NOT_SERVING within a refresh, its reload makes it SERVING again; stop() turns every
+    status NOT_SERVING before calls are drained."""
+    from tierstore.server.app import create_server
+    from tierstore.server.config import ServerConfig
+
+    running = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path))
+    address = f"127.0.0.1:{running.port}"
+    name = store_service_name("s")
+    try:
+        with connect(address) as client:
+            kv = client.key_value_store("s", partition=0)
+            kv.put(b"k", b"v")
+            kv.commit({"in:0": 1})
+            assert check(address, name) == SERVING
+            [shard] = running.service.registry.open_shards()
+            shard.broken = "local write failed: disk full on the data dir (injected)"
+            wait_for(address, name, NOT_SERVING, timeout_s=5)
+            assert check(address, "") == SERVING
+            assert client.reader("s").get(b"k") == b"v"  # the next use reloads the shard
+            wait_for(address, name, SERVING, timeout_s=5)
+    finally:
+        running.stop(grace=0, snapshot=False)
+    assert running.store_health is not None
+    assert all(s == NOT_SERVING for s in running.store_health.servicer._server_status.values())
