@@ -18,9 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from tierstore.server.auth import AuthInterceptor, TokenTable
 from tierstore.server.cluster import ClusterConfig, HealthProbe, Membership
 from tierstore.server.config import ServerConfig
+from tierstore.server.health import StoreHealth
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
-from tierstore.server.servicer import SERVICE_NAME, generic_handler
+from tierstore.server.servicer import generic_handler
 from tierstore.server.tls import peer_channel_credentials, server_credentials
 from tierstore.v1 import store_pb2
 
@@ -55,11 +56,14 @@ class RunningServer:
     health: health.HealthServicer
     host: str
     metrics: ServerMetrics | None = None  # with cfg.metrics_listen; metrics.port is the real port
+    store_health: StoreHealth | None = None
 
     def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful shutdown: NOT_SERVING, drain in-flight calls, snapshot, flush, close."""
-        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.store_health is not None:
+            self.store_health.stop()  # every status NOT_SERVING, stores included
+        else:
+            self.health.enter_graceful_shutdown()
         g = self.service.cfg.shutdown_grace_s if grace is None else grace
         self.server.stop(g).wait()
         self.service.shutdown(snapshot=snapshot)
@@ -123,8 +127,8 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
             metrics.close()
         raise OSError(f"cannot listen on {cfg.listen}")
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    store_health = StoreHealth(health_servicer, svc)
+    store_health.start()  # "" and StateStore SERVING; a status per known store
     if cfg.peer_list():
         advertise = cfg.advertise or f"{host}:{bound}"
         svc.attach_cluster(Membership(
@@ -132,7 +136,7 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
             HealthProbe(peer_channel_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca,
                                                  cfg.peer_tls_ca), cfg.peer_tls_server_name),
         ))
-    return RunningServer(server, bound, svc, health_servicer, host, metrics)
+    return RunningServer(server, bound, svc, health_servicer, host, metrics, store_health)
 
 
 def _metrics() -> ServerMetrics:

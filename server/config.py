@@ -20,7 +20,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # HotTierConfig fields that are configuration keys too (top-level keys, like every other one).
 HOT_KEYS = ("block_cache_bytes", "write_buffer_bytes", "write_buffer_size_per_shard",
-            "max_open_files_per_shard")
+            "max_open_files_per_shard", "rocksdb_statistics")
 
 
 class ConfigError(ValueError):
@@ -145,7 +145,7 @@ class ServerConfig:
             if not peer.startswith("dns:"):
                 _host_port("peers", peer)
         for name in HOT_KEYS:
-            if getattr(self.hot, name) <= 0:
+            if name != "rocksdb_statistics" and getattr(self.hot, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self.hot, name)}")
 
     def _check_security_files(self) -> None:

@@ -11,10 +11,12 @@ all. This module knows nothing of gRPC, Kafka or S3.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -53,10 +55,40 @@ class HotTierConfig:
     write_buffer_bytes: int = 128 * 1024 * 1024  # all memtables of all shards together
     write_buffer_size_per_shard: int = 16 * 1024 * 1024
     max_open_files_per_shard: int = 256
+    # RocksDB statistics per shard database: the block-cache hit and miss counts in /metrics.
+    # Costs a few per cent of raw RocksDB throughput (docs/operations.md has the figures).
+    rocksdb_statistics: bool = True
     # With a changelog, the log is the durable record: RocksDB's own WAL is skipped and the
     # column families flush atomically, so a crash leaves a consistent older state from which
     # the changelog replay catches up. Without a changelog the WAL is on and fsynced per commit.
     disable_wal: bool = False
+
+
+# The block-cache tickers of RocksDB statistics ("rocksdb.block.cache.hit COUNT : 12").
+_CACHE_TICKER = re.compile(rb"^rocksdb\.block\.cache\.(hit|miss) COUNT : (\d+)$", re.M)
+
+
+@dataclass(frozen=True)
+class CacheCounts:
+    """Block-cache lookups that found their block (hits) or read it from a file (misses)."""
+
+    hits: int = 0
+    misses: int = 0
+
+    def __add__(self, other: CacheCounts) -> CacheCounts:
+        return CacheCounts(self.hits + other.hits, self.misses + other.misses)
+
+    @property
+    def hit_ratio(self) -> float:
+        """hits / lookups; NaN before any lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else float("nan")
+
+
+def parse_cache_counts(text: str | None) -> CacheCounts:
+    """The block-cache hit and miss tickers from a RocksDB statistics dump (zeros if absent)."""
+    found = {m.group(1): int(m.group(2)) for m in _CACHE_TICKER.finditer((text or "").encode())}
+    return CacheCounts(found.get(b"hit", 0), found.get(b"miss", 0))
 
 
 class _SharedResources:
@@ -108,6 +140,8 @@ class HotTier:
         self.cfg = cfg or HotTierConfig()
         self._shared = _SharedResources(self.cfg)
         self._lock = threading.Lock()
+        self._open: weakref.WeakSet[ShardDB] = weakref.WeakSet()
+        self._retired = CacheCounts()  # the final counts of databases closed since start
 
     def options(self) -> Options:
         opts = Options(raw_mode=True)
@@ -117,6 +151,8 @@ class HotTier:
         opts.set_write_buffer_manager(self._shared.wbm)
         opts.set_max_open_files(self.cfg.max_open_files_per_shard)
         opts.set_atomic_flush(True)
+        if self.cfg.rocksdb_statistics:
+            opts.enable_statistics()
         table = BlockBasedOptions()
         table.set_block_cache(self._shared.cache)
         table.set_bloom_filter(10, False)
@@ -131,7 +167,28 @@ class HotTier:
             db = Rdict(str(path), opts, column_families={META_CF: self.options()})
         except Exception as exc:
             raise _wrap(exc, f"opening shard database {path}") from exc
-        return ShardDB(path, db, disable_wal=self.cfg.disable_wal)
+        shard_db = ShardDB(path, db, disable_wal=self.cfg.disable_wal,
+                           on_close=self._retire if self.cfg.rocksdb_statistics else None)
+        if self.cfg.rocksdb_statistics:
+            with self._lock:
+                self._open.add(shard_db)
+        return shard_db
+
+    def _retire(self, db: ShardDB) -> None:
+        with self._lock:  # counted once: either open here, or retired
+            self._retired = self._retired + db.cache_counts()
+            self._open.discard(db)
+
+    def block_cache_counts(self) -> CacheCounts | None:
+        """Block-cache hits and misses of every shard database opened since start (closed ones
+        included, so the counts never go down); None with rocksdb_statistics off."""
+        if not self.cfg.rocksdb_statistics:
+            return None
+        with self._lock:
+            total = self._retired
+            for db in list(self._open):
+                total = total + db.cache_counts()
+        return total
 
     def block_cache_usage(self) -> int:
         return int(self._shared.cache.get_usage())
@@ -164,9 +221,11 @@ def _reverse_bounded(
 class ShardDB:
     """One shard's RocksDB database. Reads are thread-safe; writes are serialized by the caller."""
 
-    def __init__(self, path: Path, db: Rdict, disable_wal: bool = False) -> None:
+    def __init__(self, path: Path, db: Rdict, disable_wal: bool = False,
+                 on_close: Callable[[ShardDB], None] | None = None) -> None:
         self.path = path
         self._db = db
+        self._on_close = on_close  # called before the database closes (its final counts)
         self._meta_cf: Any = db.get_column_family_handle(META_CF)
         self._meta: Any = db.get_column_family(META_CF)
         self._sync = WriteOptions()
@@ -339,6 +398,16 @@ class ShardDB:
     def approximate_num_entries(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
+    def cache_counts(self) -> CacheCounts:
+        """This database's block-cache hits and misses (zeros without statistics, or once it
+        is closed: HotTier has counted them then)."""
+        if self.closed:
+            return CacheCounts()
+        try:
+            return parse_cache_counts(self._db.property_value("rocksdb.options-statistics"))
+        except Exception:  # closed meanwhile (DbClosedError)
+            return CacheCounts()
+
     def live_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
@@ -360,6 +429,8 @@ class ShardDB:
         """Flush and close. A failure (e.g. disk full) raises UnavailableError; the database is
         closed anyway, and what the flush lost is in the changelog (or the fsynced WAL)."""
         if not self.closed:
+            if self._on_close is not None:
+                self._on_close(self)
             self.closed = True
             try:
                 try:

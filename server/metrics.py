@@ -200,6 +200,7 @@ class StateCollector(Collector):
                                      "failed (retried later)")
         failed.add_metric([], st.snapshots_failed)
         yield from (open_shards, hot_total, cache, capacity, memtables, taken, failed)
+        yield from self._cache_lookups()
 
         per_shard = {
             "hot_tier_shard_bytes": ("Local disk used by the shard", "local_bytes"),
@@ -258,6 +259,23 @@ class StateCollector(Collector):
                                            "restores (a scratch copy of a shard, timed)")
         calibrations.add_metric([], rt.calibrations)
         yield from (predicted, triggered, calibrations)
+
+    def _cache_lookups(self) -> Iterator[Metric]:
+        """Block-cache hits and misses from RocksDB statistics, summed over every shard database
+        opened since start (absent with rocksdb_statistics off)."""
+        counts = self.svc.hot.block_cache_counts()
+        if counts is None:
+            return
+        hits = CounterMetricFamily("tierstore_block_cache_hits", "RocksDB block-cache lookups "
+                                   "that found the block (every shard, since start)")
+        hits.add_metric([], counts.hits)
+        misses = CounterMetricFamily("tierstore_block_cache_misses", "RocksDB block-cache "
+                                     "lookups that read the block from disk")
+        misses.add_metric([], counts.misses)
+        ratio = _gauge("tierstore_block_cache_hit_ratio", "hits / (hits + misses) since start "
+                       "(NaN before any lookup); for a recent ratio use rate() of the counters")
+        ratio.add_metric([], counts.hit_ratio)
+        yield from (hits, misses, ratio)
 
     def _standby_lag(self) -> Metric:
         g = _gauge("tierstore_standby_lag_seconds", "Standby copies followed here: seconds "

@@ -105,6 +105,12 @@ class Registry:
         self.load_reports: dict[tuple[str, int], LoadReport] = {}
         self.restores: dict[tuple[str, int], RestoreProgress] = {}
         self.on_load: Callable[[RestoreProgress], None] | None = None  # after each shard load
+        # Readiness (the gRPC health service per store): shards loading now, the last load
+        # failure of each shard (cleared by its next successful load), and a callback told the
+        # store name whenever one of these changes.
+        self.loading: set[tuple[str, int]] = set()
+        self.load_failures: dict[tuple[str, int], str] = {}
+        self.on_readiness: Callable[[str], None] | None = None
         (data_dir / "stores").mkdir(parents=True, exist_ok=True)
         (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
         shutil.rmtree(data_dir / "tmp", ignore_errors=True)
@@ -129,7 +135,10 @@ class Registry:
                 return None
         spec = StoreSpec.from_json(data)
         with self._lock:
-            self._specs.setdefault(name, spec)
+            new = name not in self._specs
+            spec = self._specs.setdefault(name, spec)
+        if new:
+            self._readiness_changed(name)
         return spec
 
     def describe(self, name: str) -> StoreSpec:
@@ -159,6 +168,7 @@ class Registry:
             tmp.replace(self._spec_path(name))
             with self._lock:
                 self._specs[name] = spec
+            self._readiness_changed(name)
             log.info("created store %s (%s, %d partitions)", name, spec.type, spec.num_partitions)
         return spec
 
@@ -195,10 +205,51 @@ class Registry:
                 sh.close()
                 sh = None
             if sh is None:
-                sh = self._load(spec, partition)
+                sh = self._load_tracked(spec, partition)
                 with self._lock:
                     self._shards[key] = sh
             return sh
+
+    def _load_tracked(self, spec: StoreSpec, partition: int) -> Shard:
+        key = (spec.name, partition)
+        with self._lock:
+            self.loading.add(key)
+        self._readiness_changed(spec.name)
+        try:
+            sh = self._load(spec, partition)
+        except BaseException as exc:
+            with self._lock:
+                self.loading.discard(key)
+                self.load_failures[key] = f"{type(exc).__name__}: {exc}"
+            self._readiness_changed(spec.name)
+            raise
+        with self._lock:
+            self.loading.discard(key)
+            self.load_failures.pop(key, None)
+        self._readiness_changed(spec.name)
+        return sh
+
+    def _readiness_changed(self, store: str) -> None:
+        if self.on_readiness is not None:
+            try:
+                self.on_readiness(store)
+            except Exception:  # a health report must never fail a load
+                log.exception("readiness callback failed for store %s", store)
+
+    def load_state(self, store: str) -> tuple[list[int], dict[int, str]]:
+        """The store's partitions loading here now, and those whose last load failed (why)."""
+        with self._lock:
+            loading = sorted(p for s, p in self.loading if s == store)
+            failed = {p: why for (s, p), why in self.load_failures.items() if s == store}
+        return loading, failed
+
+    def known_stores(self) -> list[str]:
+        """Stores this server has seen: loaded specs and spec files on local disk (no object
+        store call)."""
+        with self._lock:
+            names = set(self._specs)
+        names |= {p.stem for p in (self.data_dir / "stores").glob("*.json")}
+        return sorted(names)
 
     def peek(self, store: str, partition: int) -> Shard | None:
         """The shard if it is open here and usable, without loading anything."""

@@ -269,6 +269,33 @@ class StoreService:
                 log.warning("TTL sweep of %s failed: %s", shard.name, exc)
         return removed
 
+    def store_readiness(self, store: str) -> str:
+        """Why this server cannot serve `store` right now, or "" if it can (the gRPC health
+        status per store). Counted are only the shards this server owns (all of them without
+        --peers): one being loaded (snapshot download, changelog replay), one whose last load
+        failed (until a load succeeds), one open but broken (a failed local write: it reloads on
+        its next use). Shards are loaded on first use, so a store none of whose shards is open
+        here is ready: its next claim restores it."""
+        if self._closed.is_set():
+            return "the server is shutting down"
+        loading, failed = self.registry.load_state(store)
+        loading = [p for p in loading if self._owns(store, p)]
+        if loading:
+            return f"restoring partition(s) {', '.join(map(str, loading))}"
+        failures = [f"partition {p}: load failed: {why}" for p, why in sorted(failed.items())
+                    if self._owns(store, p)]
+        if failures:
+            return "; ".join(failures)
+        for shard in self.registry.open_shards():
+            if (shard.spec.name == store and shard.broken and not shard.standby
+                    and self._owns(store, shard.partition)):
+                return f"partition {shard.partition}: {shard.broken}"
+        return ""
+
+    def _owns(self, store: str, partition: int) -> bool:
+        m = self.membership
+        return m is None or not m.enabled or m.owner(store, partition) == m.cfg.advertise
+
     # --- lifecycle ------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed.is_set():

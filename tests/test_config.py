@@ -61,6 +61,13 @@ kafka_topic_prefix = "from-file-"
     flags = {"block_cache_bytes": "1GiB", "write_buffer_bytes": "256m"}
     hot = load_config(flags, environ={}).hot
     assert (hot.block_cache_bytes, hot.write_buffer_bytes) == (1024 * MiB, 256 * MiB)
+    # RocksDB statistics (the block-cache hit metrics) are on unless the file turns them off
+    assert hot.rocksdb_statistics is True
+    off = write(tmp_path / "off.toml", "rocksdb_statistics = false\n")
+    assert load_config({}, environ={}, config_file=off).hot.rocksdb_statistics is False
+    with pytest.raises(ConfigError, match=r"^rocksdb_statistics: expected true or false"):
+        load_config({}, environ={}, config_file=write(tmp_path / "bad.toml",
+                                                       "rocksdb_statistics = 3\n"))
 
 
 def test_every_flag_has_a_config_key_and_a_variable() -> None:

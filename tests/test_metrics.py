@@ -62,6 +62,8 @@ def test_metrics_after_a_workload(tmp_path: Path, cluster: dict[str, str]) -> No
         [(partition, snapshot_id, _)] = client.snapshot("counts", 1)
         assert (partition, snapshot_id) == (1, 1)
         assert kv.get(b"k000-0") == b"v" * 100
+        for _ in range(3):  # scans on the server, of the SST files the snapshot flushed
+            assert len(list(kv.range(b"k", b"l"))) == 50
         zombie = kv
         kv = client.key_value_store("counts", partition=1)  # fences the first handle
         zombie.put(b"late", b"x")
@@ -102,6 +104,12 @@ def test_metrics_after_a_workload(tmp_path: Path, cluster: dict[str, str]) -> No
         assert value(m, "tierstore_block_cache_capacity_bytes") == 32 * MiB
         assert 0 <= value(m, "tierstore_block_cache_usage_bytes") <= 32 * MiB
         assert value(m, "tierstore_memtable_usage_bytes") >= 0
+        # block-cache lookups (RocksDB statistics): the reads above went through the cache
+        hits = value(m, "tierstore_block_cache_hits_total")
+        misses = value(m, "tierstore_block_cache_misses_total")
+        assert misses > 0 and hits > 0  # first reads of a block miss, later ones hit
+        assert value(m, "tierstore_block_cache_hit_ratio") == pytest.approx(
+            hits / (hits + misses))
         assert value(m, "tierstore_shard_epoch", store="counts", partition="1") == 2
         assert value(m, "tierstore_shard_commits_since_snapshot", store="counts",
                      partition="1") == 0
@@ -165,5 +173,44 @@ def test_metrics_are_off_by_default(tmp_path: Path) -> None:
     running = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path))
     try:
         assert running.metrics is None
+    finally:
+        running.stop(grace=0, snapshot=False)
+
+
+def test_block_cache_counts_survive_closed_shards_and_can_be_turned_off(tmp_path: Path) -> None:
+    """The hit and miss counters are per server and never go down when a shard closes; with
+    rocksdb_statistics off they are not exported."""
+    from tierstore.server.hottier import HotTier, HotTierConfig, ShardMeta
+
+    tier = HotTier(tmp_path / "on", HotTierConfig(block_cache_bytes=1 << 20))
+    db = tier.open(tmp_path / "on" / "a")
+    keys = [b"%08d" % i for i in range(5000)]
+    db.apply(keys, [b"x" * 100] * len(keys), [], ShardMeta(), sync=False)
+    db.flush()
+    assert tier.block_cache_counts() is not None
+    before = tier.block_cache_counts()
+    db.get_many(keys)
+    db.get_many(keys[:100])
+    after = tier.block_cache_counts()
+    assert after is not None and before is not None
+    assert after.misses > before.misses and after.hits > before.hits
+    assert 0 < after.hit_ratio < 1
+    db.close()
+    assert tier.block_cache_counts() == after  # retired, not forgotten
+    again = tier.open(tmp_path / "on" / "a")
+    again.get_many(keys[:10])
+    final = tier.block_cache_counts()
+    assert final is not None and final.hits + final.misses > after.hits + after.misses
+    again.close()
+
+    running = create_server(ServerConfig(
+        listen="127.0.0.1:0", data_dir=tmp_path / "off", metrics_listen="127.0.0.1:0",
+        hot=HotTierConfig(rocksdb_statistics=False)))
+    try:
+        assert running.metrics is not None and running.service.hot.block_cache_counts() is None
+        m = scrape(running.metrics.port)
+        assert "tierstore_block_cache_usage_bytes" in {n for n, _ in m}
+        assert not {n for n, _ in m} & {"tierstore_block_cache_hits_total",
+                                        "tierstore_block_cache_hit_ratio"}
     finally:
         running.stop(grace=0, snapshot=False)
