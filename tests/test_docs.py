@@ -40,6 +40,7 @@ FLAG_RE = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 BLOCK_RE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SPAN_RE = re.compile(r"`([^`\n]+)`")
 COMMAND_RE = re.compile(r"(?:^|[\s/])(?:tierstore +([a-z]+)(?: +show)?|python -m (bench))\b")
+EXAMPLE_RE = re.compile(r"\bexamples/([a-z_]+)\.py\b")
 METRIC_RE = re.compile(r"\b(?:tierstore|process)_[a-z0-9_]*[a-z0-9]\b")
 ENV_RE = re.compile(r"\bTIERSTORE_[A-Z0-9_]*[A-Z0-9]\b")
 # Placeholders the documents use on purpose: "# flag --x" shows the shape of config show's
@@ -71,6 +72,17 @@ def cli_options() -> dict[str, frozenset[str]]:
     return out
 
 
+@functools.cache
+def example_options(name: str) -> frozenset[str]:
+    """The options `examples/NAME.py --help` lists (the examples have their own flags)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--help"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return frozenset(FLAG_RE.findall(out))
+
+
 def code_of(text: str) -> Iterator[tuple[str, str]]:
     """(kind, code) for every fenced block ("sh", "python", "toml", ...) and inline span
     ("span"); a shell line continued with a backslash is joined to the next."""
@@ -88,6 +100,12 @@ def flag_problems(where: str, text: str, options: dict[str, frozenset[str]]) -> 
             continue
         for line in code.splitlines():
             line = line.split(" #")[0]  # comments in shell blocks
+            if example := EXAMPLE_RE.search(line):
+                known = example_options(example.group(1))
+                problems += [f"{where}: `{line.strip()}`: examples/{example.group(1)}.py has "
+                             f"no option {flag}" for flag in FLAG_RE.findall(line[example.end():])
+                             if flag not in known and flag not in PLACEHOLDERS]
+                continue
             commands = list(COMMAND_RE.finditer(line))
             if not commands:
                 problems += [f"{where}: {flag} is not an option of any tierstore command"
@@ -123,6 +141,10 @@ def test_the_flag_check_fails_on_a_renamed_flag() -> None:
     assert any("serve has no option --block-cash-bytes" in p for p in problems), problems
     assert any("--kafka-bootstrapper is not an option" in p for p in problems), problems
     assert any("inspect has no option --to" in p for p in problems), problems
+    example = "```sh\npython examples/wordcount.py --input words --bootstrapp x:1\n```\n"
+    ex_problems = flag_problems("doc", example, options)
+    assert ex_problems == ["doc: `python examples/wordcount.py --input words --bootstrapp x:1`: "
+                           "examples/wordcount.py has no option --bootstrapp"], ex_problems
     assert any("no command `frobnicate`" in p for p in problems), problems
     assert not flag_problems("doc", "`tierstore restore S/0 --to DIR --json`", options)
     assert not flag_problems("doc", "`python -m tierstore serve --listen H:1`", options)
@@ -151,7 +173,8 @@ def test_toml_keys_and_variables_in_the_docs_are_real() -> None:
 def exported_metrics(tmp_path: Path) -> set[str]:
     """Every metric family of a server with metrics on, as exposed (counters with _total)."""
     running = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path,
-                                         metrics_listen="127.0.0.1:0"))
+                                         metrics_listen="127.0.0.1:0",
+                                         restore_target_seconds=60.0))
     try:
         assert running.metrics is not None
         return {f.name + ("_total" if f.type == "counter" else "")
