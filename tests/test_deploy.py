@@ -777,12 +777,27 @@ def check_compose(code: Code, dep: Deploy) -> list[str]:
                    "service_healthy" for s in servers):
             problems.append("compose example-worker: does not wait for a healthy server")
         argv = [*compose_argv(worker.get("entrypoint")), *compose_argv(worker.get("command"))]
-        if argv[:2] == ["python", "-c"] and len(argv) > 2:
-            try:
-                compile(argv[2], "example-worker", "exec")
-            except SyntaxError as exc:
-                problems.append(f"compose example-worker: its python does not compile: {exc}")
+        problems += _check_worker_argv(argv, dep)
     return problems
+
+
+def _check_worker_argv(argv: list[str], dep: Deploy) -> list[str]:
+    """The worker runs a script the image copies from the repository, with options it has."""
+    if argv[:1] != ["python"] or len(argv) < 2 or not argv[1].endswith(".py"):
+        return [f"compose example-worker: {argv[:2]} does not run a python script"]
+    copies = {copy_parts(i.args)[2].rstrip("/"): copy_parts(i.args)[1]
+              for i in dep.final_stage() if i.keyword == "COPY"}
+    source = next((f"{src[0].rstrip('/')}/{argv[1][len(dest) + 1:]}"
+                   for dest, src in copies.items()
+                   if len(src) == 1 and argv[1].startswith(dest + "/")), None)
+    if source is None or not (ROOT / source).is_file():
+        return [f"compose example-worker: {argv[1]} is not copied into the image from a file of "
+                f"the repository ({copies})"]
+    helptext = subprocess.run([sys.executable, str(ROOT / source), "--help"], capture_output=True,
+                              text=True, timeout=60).stdout
+    known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", helptext))
+    return [f"compose example-worker: {source} has no option {a}"
+            for a in argv[2:] if a.startswith("--") and a.split("=")[0] not in known]
 
 
 def check_k8s(code: Code, dep: Deploy) -> list[str]:
@@ -1054,7 +1069,7 @@ def test_a_wrong_port_in_deploy_is_caught(code: Code, dep: Deploy) -> None:
         _, container = next(d.server_containers())
         container["readinessProbe"]["grpc"]["port"] = 7071
         d.kinds("Service")[0]["spec"]["ports"][0]["targetPort"] = 9999
-        d.services()["example-worker"]["environment"]["STATE_STORE_ADDRESS"] = "tierstore-1:7000"
+        d.services()["example-worker"]["command"][-1] = "tierstore-1:7000"
         d.dockerfile.append(Instr("EXPOSE", "7071", 99))
 
     problems = check_ports(code, _mutated(dep, edit))
@@ -1119,3 +1134,12 @@ def test_dockerfile_parser() -> None:
         {"from": "builder"}, ["/opt/venv"], "/opt/venv")
     assert valid_kraft_cluster_id("MkU3OEVBNTcwNTJENDM2Qk")
     assert not valid_kraft_cluster_id("tierstore-cluster")
+
+
+def test_a_wrong_example_worker_is_caught(code: Code, dep: Deploy) -> None:
+    renamed = _mutated(dep, lambda d: d.services()["example-worker"].update(
+        command=["--bootstrapp", "kafka:9092"]))
+    assert any("has no option --bootstrapp" in p for p in check_compose(code, renamed))
+    moved = _mutated(dep, lambda d: d.services()["example-worker"].update(
+        entrypoint=["python", "/opt/tierstore/examples/nope.py"]))
+    assert any("is not copied into the image" in p for p in check_compose(code, moved))
