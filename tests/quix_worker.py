@@ -15,6 +15,7 @@ which Quix runs after committing the consumer offsets: Kafka is then ahead of th
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--state-dir", required=True)
     p.add_argument("--commit-interval", type=float, default=0.2)
     p.add_argument("--kill-at-flush", type=int, default=0)
+    p.add_argument("--guarantee", choices=["at-least-once", "exactly-once"],
+                   default="at-least-once")
     args = p.parse_args(argv)
 
     from quixstreams import Application
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir,
         use_changelog_topics=not tierstore,
         commit_interval=args.commit_interval,
+        processing_guarantee=args.guarantee,
         consumer_extra_config=GROUP_CONFIG,
         loglevel="INFO",
     )
@@ -108,6 +112,7 @@ def _kill_at_flush(txn_class: Any, nth: int) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)  # stack dump of a stuck worker: kill -USR1 PID
     logging.basicConfig(stream=sys.stderr)
     logging.getLogger("tierstore").setLevel(logging.INFO)
     main()

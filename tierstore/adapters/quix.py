@@ -247,8 +247,7 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
             return
         partition_num = self._ts_partition.partition_num
         offsets = {offset_key(t, partition_num): o + 1 for t, o in self._processed.items()}
-        logger.debug("tierstore: commit %s/%s offsets %s", self._ts_partition.kv, partition_num,
-                     offsets)
+        logger.debug("tierstore: commit partition %s, offsets %s", partition_num, offsets)
         self._ts_partition.commit(self._update_cache, offsets)
 
 
