@@ -47,6 +47,7 @@ try:
     from quixstreams.state.base.transaction import PartitionTransactionCache
     from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME, StateStoreManager
     from quixstreams.state.metadata import Marker
+    from quixstreams.state.rocksdb import RocksDBOptions
     from quixstreams.state.serialization import DumpsFunc, LoadsFunc
     from quixstreams.utils.json import dumps as json_dumps
     from quixstreams.utils.json import loads as json_loads
@@ -262,8 +263,12 @@ class TierstoreStore(Store):
         shard_store: str,
         num_partitions: int | None,
         read_cache_entries: int = 100_000,
+        dumps: DumpsFunc = json_dumps,
+        loads: LoadsFunc = json_loads,
     ) -> None:
         super().__init__(name, stream_id)
+        self._dumps = dumps
+        self._loads = loads
         self._client = client
         self._shard_store = shard_store
         self._num_partitions = num_partitions
@@ -279,7 +284,8 @@ class TierstoreStore(Store):
             self._shard_store, partition=partition, num_partitions=self._num_partitions
         )
         store_partition = TierstoreStorePartition(
-            kv, partition, read_cache_entries=self._read_cache_entries
+            kv, partition, dumps=self._dumps, loads=self._loads,
+            read_cache_entries=self._read_cache_entries,
         )
         logger.info(
             "tierstore: claimed %s/%s (epoch %s), committed offsets %s",
@@ -300,6 +306,8 @@ class TierstoreStateStoreManager(StateStoreManager):
     _ts_group: str
     _ts_consumer: Any
     _ts_read_cache_entries: int
+    _ts_dumps: DumpsFunc
+    _ts_loads: LoadsFunc
 
     def register_store(
         self,
@@ -322,6 +330,8 @@ class TierstoreStateStoreManager(StateStoreManager):
             shard_store=shard_store_name(self._ts_prefix, self._ts_group, stream_id, store_name),
             num_partitions=num_partitions,
             read_cache_entries=self._ts_read_cache_entries,
+            dumps=self._ts_dumps,
+            loads=self._ts_loads,
         )
         return None
 
@@ -402,6 +412,10 @@ def use_tierstore(
     manager._ts_group = app.config.consumer_group
     manager._ts_consumer = ctx.consumer
     manager._ts_read_cache_entries = read_cache_entries
+    # Values are serialized as Quix's own stores do: RocksDBOptions' dumps/loads (JSON).
+    options = app.config.rocksdb_options or RocksDBOptions()
+    manager._ts_dumps = options.dumps
+    manager._ts_loads = options.loads
 
 
 def _check_cf(cf_name: str) -> None:
