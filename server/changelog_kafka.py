@@ -371,9 +371,12 @@ class KafkaChangelog:
             poller.join()
         with self._lock:  # drop the handles: librdkafka destroys a client when it is collected
             self._producer = self._admin = None
-        if producer is not None:
+        # Producer.close() exists from confluent-kafka 2.13; before it (quixstreams pins <2.13),
+        # dropping the handle above is what destroys the client.
+        close = getattr(producer, "close", None)
+        if close is not None:
             try:
-                producer.close()
+                close()
             except (KafkaException, RuntimeError):
                 _log.debug("closing the changelog producer failed", exc_info=True)
 
