@@ -23,7 +23,8 @@ import sys
 import time
 from typing import Any
 
-# Tansu joins a group in ~3 s with these instead of ~23 s (docs: INFRA.md).
+# Tansu joins a group in ~3 s with short sessions instead of ~23 s (INFRA.md); it accepts a
+# 3 s session, which also bounds how long a fresh worker waits for a killed one's to expire.
 GROUP_CONFIG = {
     "session.timeout.ms": 3000,
     "heartbeat.interval.ms": 500,
