@@ -251,14 +251,15 @@ class KafkaChangelog:
         gets a fresh one, and fail its outstanding messages now (concurrent appends fail)."""
         if not (err.fatal() or err.code() == KafkaError._FATAL):
             return
+        failed: Producer = producer  # not narrowed by the `is` below (untyped confluent-kafka)
         with self._lock:
             if self._producer is not producer:
                 return
             _log.error("changelog producer hit a fatal error, replacing it: %s", _describe(err))
             self._producer = None
         try:
-            producer.purge(in_queue=True, in_flight=True)
-            producer.poll(0)  # serve the purged messages' failure reports
+            failed.purge(in_queue=True, in_flight=True)
+            failed.poll(0)  # serve the purged messages' failure reports
         except (KafkaException, RuntimeError):
             _log.debug("purging a failed producer failed", exc_info=True)
 
@@ -370,9 +371,12 @@ class KafkaChangelog:
             poller.join()
         with self._lock:  # drop the handles: librdkafka destroys a client when it is collected
             self._producer = self._admin = None
-        if producer is not None:
+        # Producer.close() exists from confluent-kafka 2.13; before it (quixstreams pins <2.13),
+        # dropping the handle above is what destroys the client.
+        close = getattr(producer, "close", None)
+        if close is not None:
             try:
-                producer.close()
+                close()
             except (KafkaException, RuntimeError):
                 _log.debug("closing the changelog producer failed", exc_info=True)
 
