@@ -17,6 +17,15 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.run-installed
 
+# Quix Streams pins confluent-kafka below the version the rest uses: its tests get their own venv.
+QVENV := .venv-quix
+QUIX_TESTS := tests/test_quix_store.py tests/test_quix_adapter.py
+$(QVENV)/.test-installed: pyproject.toml
+	$(PYTHON) -m venv $(QVENV)
+	$(QVENV)/bin/pip install -q --upgrade pip
+	$(QVENV)/bin/pip install -q -e '.[test,quix]'
+	touch $@
+
 ## run: install and start the server on its embedded default (127.0.0.1:7070, ./tierstore-data)
 run: $(VENV)/.run-installed
 	$(BIN)/tierstore serve
@@ -30,8 +39,9 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy -p tierstore
 
-unit: $(VENV)/.test-installed
+unit: $(VENV)/.test-installed $(QVENV)/.test-installed
 	$(BIN)/pytest -q -ra
+	$(QVENV)/bin/pytest -q -ra $(QUIX_TESTS)
 
 ## bench: run the benchmarks at full size (python -m bench --help for one at a time)
 bench: $(VENV)/.test-installed
@@ -42,4 +52,4 @@ proto: $(VENV)/.test-installed
 	PATH=$(BIN):$$PATH $(BIN)/python scripts/gen_proto.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(QVENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,7 @@ from tests.infra import Broker, S3Server
 from tests.serverproc import ServerProc
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
+pytest.importorskip("quixstreams", reason="the Quix tests run in .venv-quix (make test)")
 
 RECORDS = 6000
 WORDS = 150

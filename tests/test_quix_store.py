@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
+pytest.importorskip("quixstreams", reason="the Quix tests run in .venv-quix (make test)")
+
 from quixstreams import Application
 
 from tierstore.adapters.quix import (

@@ -136,7 +136,7 @@ class TierstoreStorePartition(StorePartition):
 
     def get(
         self, key: bytes, cf_name: str = DEFAULT_CF
-    ) -> bytes | Literal[Marker.UNDEFINED]:
+    ) -> bytes | Literal[Marker.UNDEFINED]:  # type: ignore[valid-type,unused-ignore]
         value = self._lookup(key, cf_name)
         return Marker.UNDEFINED if value is None else value
 
