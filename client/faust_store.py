@@ -281,7 +281,7 @@ class TierStore(SerializedStore):
         if not isinstance(hit, bytes) and hit is not None:  # a miss
             hit = shard.kv.get(key)
             shard.cache.put(key, hit)
-        return cast(bytes | None, hit)
+        return hit
 
     def _get(self, key: bytes) -> bytes | None:
         part = self._partition_of(key)

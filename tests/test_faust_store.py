@@ -14,7 +14,6 @@ test, so the two recovery times are measured in the same run and printed with th
 from __future__ import annotations
 
 import json
-
 from collections import Counter
 from pathlib import Path
 
