@@ -140,10 +140,21 @@ class FaustShard:
         """True when no input record that wrote into the buffer is still being processed."""
         return all(m.acked for m in self.writers.values())
 
-    def commit(self) -> dict[str, int]:
+    def needs_floor(self, source: str) -> bool:
+        """True when no offset of `source` is committed or pending: its first record to write
+        here must first make its own offset durable (see `commit`'s `floor`)."""
+        return source not in self.committed and source not in self.pending
+
+    def commit(self, floor: dict[str, int] | None = None) -> dict[str, int]:
         """Commit the buffer with its input offsets and the changelog marker, atomically (all
-        or nothing, see KeyValueStore.commit). The caller checks `committable()` first."""
-        offsets = dict(self.pending)
+        or nothing, see KeyValueStore.commit). The caller checks `committable()` first.
+
+        `floor`: offsets of input partitions that have not written here yet, committed before
+        their first record writes: without it, Faust's consumer group could commit past that
+        record before tierstore knows the partition feeds this shard, and a crash would then
+        resume after writes that were never committed."""
+        offsets = dict(floor or {})
+        offsets.update(self.pending)
         if self.changelog_next is not None:
             offsets[self.changelog_name] = self.changelog_next
         elif self.importing:

@@ -258,6 +258,9 @@ class TierStore(SerializedStore):
                 shard.replays_dropped += 1
                 return
             tracked = bool(getattr(msg, "tracked", False))
+            if (tracked and msg.offset is not None and shard.needs_floor(source)
+                    and shard.committable()):
+                shard.commit(floor={source: int(msg.offset)})
             shard.kv.put(key, value)
             shard.note_write(source if tracked else None, msg.offset,
                              cast(Any, msg) if tracked else None)

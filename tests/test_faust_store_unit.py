@@ -10,6 +10,7 @@ import json
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -91,6 +92,8 @@ def test_offsets_commit_replay_and_changelog(server: ServerProc, tmp_path: Path)
     ev = event(app, "words", 0, 5)
     store["a"] = 1
     assert store["a"] == 1
+    # The first record of an input partition made its own offset durable before writing.
+    assert store._shards[0].committed == {"words:0": 5, f"{CHANGELOG}:0": 0}
     assert store.commit_all() == 0, "committed while record 5 was still being processed"
     ev.message.acked = True
     store.set_persisted_offset(TP(CHANGELOG, 0), 41)
@@ -137,3 +140,35 @@ def test_offsets_commit_replay_and_changelog(server: ServerProc, tmp_path: Path)
     with server.client() as client:
         committed = {json.loads(k): json.loads(v) for k, v in client.reader("unit-counts").all()}
     assert committed == {"a": 2, "b": 7}
+
+
+def test_windowed_table(server: ServerProc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tumbling-window table keeps its (key, window) entries in the same shards."""
+    app = faust.App("unitw", broker="kafka://127.0.0.1:1", store=f"tierstore://{server.address}",
+                    topic_partitions=1, web_enabled=False)
+    table = app.Table("clicks", default=int, partitions=1, key_type=str, value_type=int)
+    windowed = table.tumbling(10.0, expires=3600.0)
+    # No broker here: the changelog send and the partition-count check are stubbed out.
+    monkeypatch.setattr(table, "send_changelog", lambda partition, *a, **k: SimpleNamespace(
+        message=SimpleNamespace(partition=partition)))
+    monkeypatch.setattr(table, "_verify_source_topic_partitions", lambda topic: None)
+    store = table.data
+    assert isinstance(store, TierStore)
+    tps = {TP("unitw-clicks-changelog", 0)}
+    asyncio.run(store.on_rebalance(tps, set(), tps))
+    held = []
+    for offset, ts in enumerate([1.0, 2.0, 12.0]):
+        ev = event(app, "clicks", 0, offset)
+        ev.message.timestamp = ts
+        held.append(ev)
+        windowed["u"] += 1
+        ev.message.acked = True
+    assert windowed["u"].delta(0.0) == 1  # the window [10, 20) as of the last event
+    assert sorted(v for _, v in store.items()) == [1, 2]
+    assert store.commit_all() == 1
+    _current_event.set(None)
+    asyncio.run(store.stop())
+    with server.client() as client:
+        rows = dict(client.reader("unitw-clicks").all())
+    assert sorted(json.loads(v) for v in rows.values()) == [1, 2]
+    assert store._shards == {}
