@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +63,7 @@ class Worker:
     lines: queue.Queue[tuple[float, str]] = field(default_factory=queue.Queue)
     seen: int = 0
     first_at: float | None = None
+    done_at: float | None = None
     done: bool = False
 
     def __post_init__(self) -> None:
@@ -91,6 +94,7 @@ class Worker:
             self.seen = int(line.split()[1])
         elif line == "DONE":
             self.done = True
+            self.done_at = at
         return True
 
     def wait(self, what: str, predicate: object, timeout_s: float) -> None:
@@ -107,8 +111,22 @@ class Worker:
             self._take(0.05)
 
     def log_tail(self, n: int = 4000) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-n:]
+
+    def log_times(self) -> dict[str, float]:
+        """Seconds from the process start to the last group join and to Faust's last "Worker
+        ready" (recovery done), read from the worker's log."""
+        found: dict[str, float] = {}
+        for line in self.log_tail(10**7).splitlines():
+            m = _LOG_TIME.match(line)
+            if m is None:
+                continue
+            for name, marker in (("joined", "Joined group"), ("ready", "Worker ready")):
+                if marker in line:
+                    found[name] = _parse_log_time(m.group(1)) - self.started
+        return found
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -122,6 +140,15 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill9()
         self._log.close()
+
+
+_LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def _parse_log_time(text: str) -> float:
+    # Faust's log lines carry local wall-clock time with milliseconds.
+    stamp = datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f")
+    return time.mktime(stamp.timetuple()) + stamp.microsecond / 1e6
 
 
 def read_dump(path: Path) -> dict[str, int]:
