@@ -23,6 +23,8 @@ from tests.faust_harness import Worker, produce_words, read_dump
 from tests.infra import Broker, S3Server
 from tests.serverproc import ServerProc
 
+pytest.importorskip("faust")  # the `faust` extra (part of `test`)
+
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.timeout(240)]
 
 PARTITIONS = 4
