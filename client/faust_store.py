@@ -7,8 +7,9 @@ this module, so the core package never needs faust.
     app = faust.App("wc", broker="kafka://...", store="tierstore://127.0.0.1:7070")
     counts = app.Table("counts", default=int, partitions=8)
 
-URL: ``tierstore://HOST:PORT[,HOST:PORT...][/STORE]?token=...&cache=N``. The tierstore store name
-defaults to ``<app id>-<table name>`` (Faust's changelog topic without ``-changelog``).
+URL: ``tierstore://HOST:PORT[,HOST:PORT...][/STORE]?token=...&cache=N&commit_interval=S``.
+The tierstore store name defaults to ``<app id>-<table name>`` (Faust's changelog topic without
+``-changelog``); commit_interval defaults to Faust's ``broker_commit_interval``.
 
 Mapping: table partition p (= changelog partition p = input partition p, as Faust co-partitions
 them) is tierstore shard (store, p); the store is created with ``num_partitions`` = the table's
@@ -83,6 +84,9 @@ class TierStore(SerializedStore):
         self.store_name = u.path.strip("/") or f"{app.conf.id}-{table.name}"
         self.token = u.query.get("token")
         self.cache_entries = int(u.query.get("cache", "100000"))
+        interval = u.query.get("commit_interval")
+        self.commit_interval = (float(interval) if interval is not None
+                                else float(app.conf.broker_commit_interval))
         self.num_partitions = int(table.partitions or app.conf.topic_partitions)
         self._client: Client | None = None
         self._shards: dict[int, FaustShard] = {}
@@ -171,13 +175,22 @@ class TierStore(SerializedStore):
         offsets = {tp: off for tp, off in resume.items() if tp in assignment}
         resume.clear()
         if offsets:
-            log.info("tierstore: resuming input partitions at tierstore's committed offsets %s",
-                     {f"{tp.topic}:{tp.partition}": o for tp, o in offsets.items()})
+            group = await consumer.seek_to_committed()
+            moves = {f"{tp.topic}:{tp.partition}": (group.get(tp), o) for tp, o in offsets.items()}
+            log.info("tierstore: resuming input partitions at tierstore's committed offsets "
+                     "(group offset, tierstore offset): %s; rewound=%d skipped=%d", moves,
+                     sum(1 for g, o in moves.values() if g is not None and g > o),
+                     sum(1 for g, o in moves.values() if g is None or g < o))
             if not await consumer._commit(offsets):
                 # Only when the group is rebalancing again: Faust then skips this recovery's
                 # seek, and the next on_rebalance notes the offsets again.
                 log.warning("tierstore: could not move the consumer group's offsets to %s; "
                             "the next rebalance will", offsets)
+                return
+            # Seek too: aiokafka's seek_to_committed (Faust's perform_seek) skips a committed
+            # offset of 0, which would leave the stream where the group was before.
+            for tp, off in offsets.items():
+                await consumer.seek(tp, off)
 
     # --- commits --------------------------------------------------------------------------
     def commit_all(self) -> int:
@@ -192,8 +205,7 @@ class TierStore(SerializedStore):
 
     @Service.task
     async def _periodic_commit(self) -> None:
-        interval = float(self.app.conf.broker_commit_interval)
-        async for _ in self.itertimer(interval, name="tierstore_commit"):
+        async for _ in self.itertimer(self.commit_interval, name="tierstore_commit"):
             try:
                 self.commit_all()
             except StateStoreError as exc:

@@ -67,6 +67,7 @@ class GroupOffsets:
     def __init__(self, assignment: set[TP]) -> None:
         self._assignment = assignment
         self.committed: dict[TP, int] = {}
+        self.positions: dict[TP, int] = {}
 
     def assignment(self) -> set[TP]:
         return set(self._assignment)
@@ -74,6 +75,12 @@ class GroupOffsets:
     async def _commit(self, offsets: dict[TP, int]) -> bool:
         self.committed.update(offsets)
         return True
+
+    async def seek_to_committed(self) -> dict[TP, int]:
+        return dict(self.committed)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
 
 
 def test_entry_point_and_refusals(server: ServerProc) -> None:
@@ -134,6 +141,7 @@ def test_offsets_commit_replay_and_changelog(server: ServerProc, tmp_path: Path)
     app2.consumer = group  # the seam: Faust's consumer, as the store uses it
     asyncio.run(store2.on_recovery_completed(set(), set()))  # commits the import
     assert group.committed == {TP("words", 0): 6}, "the group must resume at tierstore's offset"
+    assert group.positions == {TP("words", 0): 6}
     _current_event.set(None)
     assert dict(store2.items()) == {"a": 2, "b": 7}
     asyncio.run(store2.stop())
