@@ -40,8 +40,8 @@ app = faust.App(
     producer_max_batch_size=1,
     broker_commit_interval=1.0,
     broker_rebalance_timeout=3.0,
-    broker_session_timeout=6.0,
-    broker_heartbeat_interval=1.0,
+    broker_session_timeout=3.0,
+    broker_heartbeat_interval=0.5,
 )
 words = app.topic(ENV["WC_INPUT"], key_type=bytes, value_type=bytes, key_serializer="raw",
                   value_serializer="raw", partitions=PARTS)
@@ -60,6 +60,7 @@ async def count(stream: Any) -> None:
         _state["seen"] += 1
         if _state["seen"] == 1:
             say(f"FIRST {time.time():.6f}")
+            app.log.info("first record processed")
         if _state["seen"] % 100 == 0:
             say(f"SEEN {_state['seen']}")
 

@@ -14,7 +14,6 @@ test, so the two recovery times are measured in the same run and printed with th
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -124,8 +123,6 @@ def test_faust_kill9_fresh_worker_tierstore_vs_rocksdb(
 
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("TIERSTORE_SLOW") != "1", reason="slow: set TIERSTORE_SLOW=1")
 def test_faust_kill9_group_ahead_of_tierstore_rewinds(
         tmp_path: Path, broker: Broker, s3_server: S3Server, s3_bucket: str) -> None:
     """tierstore commits only its floor offsets (commit_interval=60) while Faust commits the
