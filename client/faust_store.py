@@ -16,15 +16,15 @@ them) is tierstore shard (store, p); the store is created with ``num_partitions`
 partition count. A shard is claimed when Faust assigns the partition as *active* and committed
 and released when Faust revokes it. Standby assignments claim nothing.
 
-Commits and offsets (see tierstore.client.faust_shard for the rules): every
-``broker_commit_interval`` seconds, at revoke and at stop, each dirty shard is committed with
-the input offsets of exactly the records whose writes it holds and the Faust changelog offset
-it reflects (``set_persisted_offset``). When a worker gets a partition, Faust's consumer group
-offset of each input partition is reset to tierstore's committed offset before Faust resumes
-the streams, and writes from records already committed are dropped, so each input record
-counts once. Faust's own changelog tail after the persisted offset is read by Faust's recovery
-and discarded: it may hold writes of records that were never committed. docs/adapters.md says
-what holds and what does not.
+Commits and offsets (see tierstore.client.faust_shard for the rules): every commit_interval
+seconds, at every rebalance and at stop, each dirty shard is committed with the input offsets
+of exactly the records whose writes it holds and the Faust changelog offset it reflects
+(``set_persisted_offset``). When a worker gets a partition, Faust's consumer group offset of
+each input partition is reset (committed and sought) to tierstore's committed offset before
+Faust resumes the streams, and writes from records already committed are dropped, so each
+input record counts once. Faust's own changelog tail after the persisted offset is read by
+Faust's recovery and discarded: it may hold writes of records that were never committed.
+docs/adapters.md says what holds and what does not.
 """
 
 from __future__ import annotations
