@@ -13,12 +13,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tierstore.server.errors import ObjectNotFoundError, StoreNotFoundError
 from tierstore.server.hottier import HotTier, ShardDB
 from tierstore.server.manifest import Manifest
 from tierstore.server.ports import Changelog, ObjectStore
+from tierstore.server.prefetch import Prefetch
 from tierstore.server.restore import LogPrefix, ReplayResult, replay_changelog
 from tierstore.server.shard import Shard, ShardLimits
 from tierstore.server.snapshots import SnapshotStore
@@ -291,11 +293,22 @@ class Registry:
         changelog = self.changelog
         if changelog is not None and changelog_end is not None:
             changelog = LogPrefix(changelog, changelog_end)
+        prefetch: Prefetch | None = None
         if not (path / "CURRENT").exists():
             shutil.rmtree(path, ignore_errors=True)
             tmp = self.data_dir / "tmp" / f"restore-{uuid.uuid4().hex}"
-            manifest = self.snapshots.restore_latest(spec.name, partition, tmp,
-                                                     progress=progress.on_bytes)
+            on_manifest: Callable[[Manifest], None] | None = None
+            if changelog is not None:  # read the log's tail while the snapshot downloads
+                prefetch = changelog = Prefetch(changelog, spec.name, partition)
+                on_manifest = partial(_prefetch_from, prefetch)
+            try:
+                manifest = self.snapshots.restore_latest(
+                    spec.name, partition, tmp, progress=progress.on_bytes,
+                    on_manifest=on_manifest)
+            except BaseException:
+                if prefetch is not None:
+                    prefetch.cancel()
+                raise
             if manifest is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.replace(path)
@@ -324,6 +337,9 @@ class Registry:
             except BaseException:
                 db.close()
                 raise
+            finally:
+                if prefetch is not None:
+                    prefetch.cancel()
             log.info(
                 "%s/%d: replayed %d changelog records (%d batches) in %.2fs; %d uncommitted keys",
                 spec.name, partition, replay.records_read, replay.batches_applied,
@@ -359,3 +375,7 @@ class Registry:
 
     def __iter__(self) -> Iterator[Shard]:
         return iter(self.open_shards())
+
+
+def _prefetch_from(prefetch: Prefetch, manifest: Manifest) -> None:
+    prefetch.start(manifest.changelog_offset)

@@ -258,6 +258,7 @@ class SnapshotStore:
     def restore_latest(
         self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None,
         accept: Callable[[Manifest], bool] | None = None,
+        on_manifest: Callable[[Manifest], None] | None = None,
     ) -> Manifest | None:
         """Download the newest usable snapshot into `dest_dir` (created; must be absent or
         empty) and return its manifest (with `accept`: the newest one it accepts). Each file
@@ -266,7 +267,9 @@ class SnapshotStore:
 
         A corrupt manifest, or a missing or corrupt file, is logged as a warning, dest_dir is
         wiped and the previous snapshot is tried. Returns None when the shard has no manifest
-        (dest_dir left as it was). Raises SnapshotCorruptError listing every snapshot tried when
+        (dest_dir left as it was). `on_manifest` is told each snapshot before its download
+        starts (a restore reads the changelog ahead from its offset meanwhile). Raises
+        SnapshotCorruptError listing every snapshot tried when
         manifests exist but none is usable, and ObjectStoreError on a transport failure (not a
         reason to fall back to an older snapshot); in both cases dest_dir is left as it was.
         """
@@ -283,6 +286,8 @@ class SnapshotStore:
                     manifest = self._load(store, partition, sid, key)
                     if accept is not None and not accept(manifest):
                         continue
+                    if on_manifest is not None:
+                        on_manifest(manifest)
                     self._download(manifest, dest_dir, progress)
                 except ObjectNotFoundError:  # the manifest was deleted by a concurrent gc
                     continue

@@ -41,10 +41,17 @@ class EvictionReport:
 def dir_bytes(path: object) -> int:
     from pathlib import Path
 
-    p = Path(str(path))
-    if not p.exists():
-        return 0
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    total = 0
+    try:
+        for f in Path(str(path)).rglob("*"):
+            try:
+                if f.is_file():
+                    total += f.stat().st_size
+            except FileNotFoundError:  # removed meanwhile (an eviction, a compaction)
+                continue
+    except FileNotFoundError:  # the directory itself went away while it was walked
+        pass
+    return total
 
 
 class Evictor:
