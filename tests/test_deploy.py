@@ -34,6 +34,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
+from tests.clihelp import script_options
 from tierstore.server.app import create_server
 from tierstore.server.config import (
     DEFAULT_LISTEN,
@@ -793,9 +794,7 @@ def _check_worker_argv(argv: list[str], dep: Deploy) -> list[str]:
     if source is None or not (ROOT / source).is_file():
         return [f"compose example-worker: {argv[1]} is not copied into the image from a file of "
                 f"the repository ({copies})"]
-    helptext = subprocess.run([sys.executable, str(ROOT / source), "--help"], capture_output=True,
-                              text=True, timeout=60).stdout
-    known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", helptext))
+    known = script_options(source)
     return [f"compose example-worker: {source} has no option {a}"
             for a in argv[2:] if a.startswith("--") and a.split("=")[0] not in known]
 

@@ -27,16 +27,16 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.clihelp import FLAG_RE, script_options
 from tests.infra import Broker
 from tests.serverproc import ServerProc
-from tierstore.client import connect
+from tierstore.client import connect, errors
 from tierstore.server.app import create_server
 from tierstore.server.config import FLAGS, ServerConfig, env_name
 from tierstore.server.configload import key_types
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FLAG_RE = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 BLOCK_RE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SPAN_RE = re.compile(r"`([^`\n]+)`")
 COMMAND_RE = re.compile(r"(?:^|[\s/])(?:tierstore +([a-z]+)(?: +show)?|python -m (bench))\b")
@@ -72,17 +72,6 @@ def cli_options() -> dict[str, frozenset[str]]:
     return out
 
 
-@functools.cache
-def example_options(name: str) -> frozenset[str]:
-    """The options `examples/NAME.py --help` lists (the examples have their own flags)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--help"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    return frozenset(FLAG_RE.findall(out))
-
-
 def code_of(text: str) -> Iterator[tuple[str, str]]:
     """(kind, code) for every fenced block ("sh", "python", "toml", ...) and inline span
     ("span"); a shell line continued with a backslash is joined to the next."""
@@ -101,7 +90,7 @@ def flag_problems(where: str, text: str, options: dict[str, frozenset[str]]) -> 
         for line in code.splitlines():
             line = line.split(" #")[0]  # comments in shell blocks
             if example := EXAMPLE_RE.search(line):
-                known = example_options(example.group(1))
+                known = script_options(f"examples/{example.group(1)}.py")
                 problems += [f"{where}: `{line.strip()}`: examples/{example.group(1)}.py has "
                              f"no option {flag}" for flag in FLAG_RE.findall(line[example.end():])
                              if flag not in known and flag not in PLACEHOLDERS]
@@ -259,8 +248,22 @@ def test_quickstart_kafka_worker_counts_and_resumes_after_kill(
                 time.sleep(0.2)
         raise AssertionError(f"counts {got}, expected {want}")
 
+    def wait_store(timeout_s: float = 45.0) -> None:
+        """Until a worker's claim has created the store (produce.py reads it at once)."""
+        deadline = time.monotonic() + timeout_s
+        with connect(srv.address) as client:
+            while True:
+                try:
+                    client.reader("word-counts").approximate_num_entries()
+                    return
+                except errors.StoreNotFoundError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
+
     try:
         start_workers()
+        wait_store()  # as a user starts the workers before producing
         out = subprocess.run([sys.executable, str(produce)], env=env, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr

@@ -7,10 +7,10 @@ into small pages; the restore path itself runs on Kafka and S3 in tests/test_dur
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 from tests.memlog import MemoryChangelog
+from tierstore.server.cluster import wait_until
 from tierstore.server.ports import ChangelogRecord
 from tierstore.server.prefetch import Prefetch
 
@@ -51,7 +51,7 @@ def test_read_ahead_hands_over_exactly_the_direct_read() -> None:
     direct = _offsets(log.read("s", 0, 30))
     ahead = Prefetch(log, "s", 0, max_pages=2)  # a small queue: the thread waits for the reader
     ahead.start(30)
-    time.sleep(0.05)
+    assert wait_until(ahead._queue.full, 5.0)  # read ahead, and now waiting for the reader
     assert _offsets(ahead.read("s", 0, 30)) == direct
     assert log.reads == [30, 30]  # the direct read above, then the read ahead: no other
 
@@ -105,6 +105,6 @@ def test_a_read_ahead_that_fails_at_once_falls_back() -> None:
     log.append_batch("s", 0, [b"a", b"b"], [b"1", b"2"], [], b"m", [])
     ahead = Prefetch(log, "s", 0)
     ahead.start(0)
-    time.sleep(0.05)
+    assert wait_until(lambda: not ahead._queue.empty(), 5.0)  # its failure is queued
     log.created = True  # the restore creates the topic, then replays
     assert _offsets(ahead.read("s", 0, 0)) == [0, 1, 2]
