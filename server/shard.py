@@ -45,17 +45,10 @@ from tierstore.server.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from tierstore.server.fence import AheadBatch, foreign_records
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.keys import check_keys, check_range, check_values
-from tierstore.server.logproto import (
-    CLAIM,
-    COMMIT,
-    MARKER_KEY,
-    data_headers,
-    header_epoch,
-    marker,
-    parse_marker,
-)
+from tierstore.server.logproto import CLAIM, COMMIT, data_headers, marker
 from tierstore.server.ports import Changelog
 from tierstore.server.specs import StoreSpec
 
@@ -110,6 +103,9 @@ class Shard:
         self._stage_seq = 0
         self._stage_batches = 0
         self._stage_bytes = 0
+        # Records of the staged batch already in the changelog (key-value stores: docs/protocol.md,
+        # "Staging ahead"); uncommitted until the batch's marker.
+        self._ahead = AheadBatch()
         self.commits_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
         # The changelog offset and size of the snapshot a restore would start from (None:
@@ -127,6 +123,7 @@ class Shard:
         self._sweep_from: bytes | None = None  # where the next TTL sweep starts
         # Set while an acknowledged commit is being written to RocksDB in the background.
         self._applying: threading.Event | None = None
+        self._acked: ShardMeta | None = None  # the meta of the last commit sent to `_applying`
 
     @property
     def name(self) -> str:
@@ -156,10 +153,11 @@ class Shard:
             self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
-        if epoch != self.meta.epoch:
+        current = (self._acked or self.meta).epoch  # the claim may still be on its way to disk
+        if epoch != current:
             raise FencedError(
                 f"shard {self.name}: epoch {epoch} is fenced; the current epoch is "
-                f"{self.meta.epoch} (another owner claimed the shard, or this claim is stale)"
+                f"{current} (another owner claimed the shard, or this claim is stale)"
             )
 
     def release(self, epoch: int) -> None:
@@ -177,12 +175,20 @@ class Shard:
         put_values: Sequence[bytes],
         delete_keys: Sequence[bytes],
     ) -> int:
-        """Hold writes for the coming commit `commit_seq`; visible to the owner only."""
+        """Hold writes for the coming commit `commit_seq`; visible to the owner only. With a
+        changelog (key-value stores) they are also appended to it at once, ahead of the commit's
+        marker, so the broker's round trip overlaps the client's next writes."""
         with self._lock:
-            self._check_usable()
+            ahead = self.changelog is not None and not self.spec.windowed
+            meta = self.meta
+            if ahead and self.broken is None and self._acked is not None:
+                meta = self._acked  # no need to wait for the last commit's RocksDB write
+            else:
+                self._check_usable()
+                meta = self.meta
             self.check_epoch(epoch)
             self._validate(put_keys, put_values, delete_keys)
-            expected = self.meta.commit_seq + 1
+            expected = meta.commit_seq + 1
             if commit_seq != expected:
                 raise AbortedError(
                     f"shard {self.name}: staged writes for commit {commit_seq}, expected "
@@ -197,6 +203,8 @@ class Shard:
                     f"shard {self.name}: staged writes would exceed "
                     f"{self.limits.max_staged_bytes} bytes; commit more often"
                 )
+            if ahead:
+                self._stage_ahead(epoch, commit_seq, put_keys, put_values, delete_keys)
             st = self._stage
             st.update(zip(put_keys, put_values, strict=True))
             st.update(dict.fromkeys(delete_keys))
@@ -250,6 +258,9 @@ class Shard:
             if range_begin or range_end or self.spec.windowed:
                 ranges = self._check_windowed(put_keys, put_values, range_begin, range_end,
                                               have > 0)
+            own: tuple[list[bytes], list[bytes], list[bytes]] | None = None
+            if have and self._ahead:  # the staged writes are in the log: append only this batch
+                own = (list(put_keys), list(put_values), list(delete_keys))
             if have:
                 st = self._stage
                 if ranges:  # staged writes precede the ranges: those inside are deleted too
@@ -265,7 +276,9 @@ class Shard:
             merged = dict(self.meta.offsets)
             merged.update(offsets)
             new = ShardMeta(self.meta.epoch, commit_seq, self.meta.changelog_offset, merged)
-            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT, ranges=ranges)
+            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT, ranges=ranges,
+                                                   logged=own)
+            self._ahead.take()  # committed: nothing to repair
             self._drop_stage()
             self.commits_since_snapshot += 1
             self.last_used = time.monotonic()
@@ -279,7 +292,10 @@ class Shard:
         new: ShardMeta,
         kind: bytes,
         ranges: Sequence[segments.Range] = (),
+        logged: tuple[list[bytes], list[bytes], list[bytes]] | None = None,
     ) -> int:
+        """Steps 3 and 4 of a commit of puts `pk`/`pv` and deletes `dk`. `logged`: the part of
+        them still to append (the rest is in `self._ahead`); default all of them."""
         marker_offset = -1
         prepared: list[WriteBatch] = []
 
@@ -287,9 +303,13 @@ class Shard:
             prepared.append(self.db.prepare(pk, pv, dk, ranges))
 
         if self.changelog is not None:
-            keys: list[bytes] = pk + dk
-            values: list[bytes | None] = [*pv, *([None] * len(dk))]
-            repair = self._repair - set(keys)
+            lk, lv, ld = logged if logged is not None else (pk, pv, dk)
+            keys: list[bytes] = lk + ld
+            values: list[bytes | None] = [*lv, *([None] * len(ld))]
+            ahead = self._ahead
+            # A repair record after an ahead record of the same key would undo it; the batch
+            # writes those keys anyway, so its own records repair them.
+            repair = self._repair - set(keys) - ahead.keys
             if repair:
                 # Overwrite keys a failed append may have left in the log with committed values.
                 rk = list(repair)
@@ -306,14 +326,19 @@ class Shard:
                     mval,
                     mheaders,
                     while_waiting=prepare,  # build the WriteBatch during the broker round trip
+                    ahead=ahead.handles,
                 )
             except UnavailableError:
+                # Some records may have landed: the end is unknown now, and a retry of this
+                # commit appends the whole staged batch again (nothing counts as ahead).
                 self._repair.update(keys)
-                self.log_end = None  # some records may have landed: the end is unknown now
+                self._repair.update(ahead.take())
+                self.log_end = None
                 raise
             start = self.log_end
             self._repair.clear()
-            if marker_offset < 0 or (start is not None and marker_offset < start + len(keys)):
+            n = len(keys) + ahead.count
+            if marker_offset < 0 or (start is not None and marker_offset < start + n):
                 # No usable offset (a retried marker the broker took for a duplicate), or one
                 # before the records it closes: where the log ends is unknown, as after a failed
                 # append, and the fence waits for the next append. The commit stands; the local
@@ -321,8 +346,9 @@ class Shard:
                 self.log_end = None
             else:
                 self.log_end = marker_offset + 1
-                if start is not None and marker_offset != start + len(keys):
-                    self._foreign_records(start, marker_offset - len(keys), new, set(keys))
+                if start is not None and marker_offset != start + n:
+                    end = marker_offset if ahead else marker_offset - n
+                    foreign_records(self, start, end, new, set(keys) | ahead.keys, bool(ahead))
                 new.changelog_offset = (self.log_end if self.log_end is not None
                                         else marker_offset + 1)
         if not prepared:
@@ -349,6 +375,7 @@ class Shard:
         the shard broken: the commit is durable in the changelog, and the reload replays it."""
         done = threading.Event()
         self._applying = done
+        self._acked = new
 
         def apply() -> None:
             try:
@@ -363,45 +390,6 @@ class Shard:
             _apply_pool().submit(apply)
         except RuntimeError:  # the interpreter is shutting down: write here instead
             apply()
-
-    def _foreign_records(self, start: int, end: int, new: ShardMeta, ours: set[bytes]) -> None:
-        """Records this server did not write sit in the log at [start, end), before its batch.
-
-        A record of a newer epoch means another server took the shard over: its claim fences
-        this batch on restore, so the commit must not be acknowledged (FencedError; the shard
-        reloads). Records of older epochs are a zombie's writes, dropped on restore: this
-        commit stands, and the zombie's keys are re-appended with their committed values at
-        once, so compaction can never keep a zombie's record over a committed one."""
-        assert self.changelog is not None
-        newest, zombie_keys = 0, set()
-        for page in self.changelog.read(self.spec.name, self.partition, start):
-            for rec in page:
-                if rec.offset >= end:
-                    break
-                m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
-                epoch = m.epoch if m is not None else (header_epoch(rec.headers) or 0)
-                newest = max(newest, epoch)
-                if rec.key != MARKER_KEY:
-                    zombie_keys.add(rec.key)
-            else:
-                continue
-            break
-        if newest > new.epoch:
-            self.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
-                           "another server took the shard over")
-            raise FencedError(
-                f"shard {self.name}: another server took it over (epoch {newest} in the "
-                f"changelog); this commit is not acknowledged. Reopen the store to continue."
-            )
-        repair = sorted(zombie_keys - ours)
-        if repair:
-            mval, mheaders = marker(COMMIT, new.epoch, new.commit_seq, new.offsets)
-            values = self.db.get_many(repair)  # this commit does not touch these keys
-            offset = self.changelog.append_batch(
-                self.spec.name, self.partition, repair, values,
-                data_headers(new.epoch, new.commit_seq), mval, mheaders,
-            )
-            self.log_end = offset + 1 if offset >= 0 else None
 
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -455,8 +443,8 @@ class Shard:
             return 0
         with self._lock:
             self.settle()
-            if self.broken or self.db.closed:
-                return 0
+            if self.broken or self.db.closed or self._ahead:
+                return 0  # (a marker now would commit the owner's records staged ahead)
             doomed: list[bytes] = []
             resume: bytes | None = None
             for seen, (k, raw) in enumerate(self.db.iterate(self._sweep_from, None), 1):
@@ -510,7 +498,32 @@ class Shard:
                 segments.check_no_expired_puts(self.spec, live, st)
         return ranges
 
+    def _stage_ahead(self, epoch: int, seq: int, put_keys: Sequence[bytes],
+                     put_values: Sequence[bytes], delete_keys: Sequence[bytes]) -> None:
+        """Append staged writes to the changelog now (not waiting for the broker). The first
+        append of a batch carries the repair records first. On failure the whole stage is
+        dropped (the client's commit then fails on the staged-batch count), nothing else."""
+        assert self.changelog is not None
+        keys = [*put_keys, *delete_keys]
+        values: list[bytes | None] = [*put_values, *([None] * len(delete_keys))]
+        if not self._ahead and self._repair:
+            self.settle()  # the repair values are the committed ones
+            rk = list(self._repair)
+            keys, values = rk + keys, [*self.db.get_many(rk), *values]
+            self._repair.clear()
+        try:
+            handle = self.changelog.append_ahead(self.spec.name, self.partition, keys, values,
+                                                 data_headers(epoch, seq))
+        except UnavailableError:
+            self._ahead.keys.update(keys)
+            self._drop_stage()
+            raise
+        self._ahead.add(handle, keys)
+
     def _drop_stage(self) -> None:
+        if self._ahead:  # abandoned records in the log: the next append repairs their keys
+            self._repair.update(self._ahead.take())
+            self.log_end = None
         self._stage = {}
         self._stage_seq = 0
         self._stage_batches = 0
