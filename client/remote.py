@@ -3,10 +3,7 @@
 A RemoteKeyValueStore claims its shard when it is created (fencing any earlier owner) and keeps
 a write-back buffer of uncommitted writes. The buffer goes to the server as one Commit message;
 when it outgrows its bound, it moves to the server ahead of the commit (Stage) and stays visible
-to this handle only. A key-value store also sends its writes ahead in small batches while the
-caller keeps writing (one Stage call in flight at a time, not waited for): the server appends
-them to the changelog at once, so the broker's round trip overlaps the next writes and the
-commit only has the rest to do (docs/protocol.md, "Staging ahead").
+to this handle only.
 """
 
 from __future__ import annotations
@@ -90,10 +87,6 @@ class Client:
         return self.router.call(shard, method, request,
                                 self.timeout_s if timeout is None else timeout,
                                 retry_unavailable=retry_unavailable, stale=stale)
-
-    def call_future(self, store: str, partition: int, method: str, request: Any) -> grpc.Future:
-        """A unary call sent at once; see Router.call_future."""
-        return self.router.call_future((store, partition), method, request, self.timeout_s)
 
     def stream_call(self, store: str, partition: int, method: str, request: Any,
                     stale: bool = False) -> Iterator[Any]:
@@ -235,10 +228,6 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
     then the ranges, then the commit's own batch (docs/protocol.md)."""
 
     sweep_interval_s = None
-    # Key-value stores: writes are sent ahead of the commit every this many buffered writes
-    # (0: only at commit, or when the buffer outgrows its bound). Measured on 2 cores with
-    # 1,000-write commits: 250 cut commit time the most (bench/RESULTS.md).
-    stage_ahead_entries = 250
 
     def __init__(
         self,
@@ -263,9 +252,6 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         self._buf_max_entries = buffer_max_entries
         self._buf_bytes = 0
         self._staged = 0
-        self._sent: dict[bytes, bytes | None] = {}  # writes staged ahead, kept for reads
-        self._inflight: grpc.Future | None = None  # the Stage call sent ahead, not yet answered
-        self._ahead_on = store_type == pb.STORE_TYPE_KV
         resp = self._open(num_partitions, window_size_ms, retention_ms, ttl_ms)
         self.epoch: int = resp.epoch
         self.num_partitions: int = resp.spec.num_partitions
@@ -297,17 +283,8 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
     def _ref(self) -> dict[str, Any]:
         return {"store": self.name, "partition": self.partition}
 
-    def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
-        sent = self._sent
-        if not sent:
-            return self._get_remote(keys)
-        missing = [k for k in keys if k not in sent]
-        fetched = dict(zip(missing, self._get_remote(missing), strict=True)) if missing else {}
-        return [sent[k] if k in sent else fetched[k] for k in keys]
-
     @rpc
-    def _get_remote(self, keys: list[bytes]) -> list[bytes | None]:
-        self._wait_ahead()
+    def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
         resp = self._c.call(
             self.name, self.partition, "Get",
             pb.GetRequest(store=self.name, partition=self.partition, epoch=self.epoch, keys=keys),
@@ -317,13 +294,11 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
     def _backend_scan(
         self, from_key: bytes | None, to_key: bytes | None, prefix: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        self._wait_ahead()
         return scan(self._c, self.name, self.partition, self.epoch, from_key, to_key, prefix,
                     reverse)
 
     @rpc
     def _backend_count(self) -> int:
-        self._wait_ahead()
         resp = self._c.call(
             self.name, self.partition, "Count",
             pb.CountRequest(store=self.name, partition=self.partition, epoch=self.epoch),
@@ -332,51 +307,12 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
 
     def _after_write(self) -> None:
         self._buf_bytes += 64  # a cheap estimate; recounted when it crosses the bound
-        if (self._ahead_on and len(self._writes) >= self.stage_ahead_entries > 0
-                and not self._ranges):
-            self._send_ahead()
-        entries = len(self._writes) + len(self._sent)
-        if entries >= self._buf_max_entries or self._buf_bytes >= self._buf_max_bytes:
-            actual = sum(len(k) + len(v or b"") for d in (self._writes, self._sent)
-                         for k, v in d.items())
+        if (len(self._writes) >= self._buf_max_entries
+                or self._buf_bytes >= self._buf_max_bytes):
+            actual = sum(len(k) + len(v or b"") for k, v in self._writes.items())
             self._buf_bytes = actual
-            if actual >= self._buf_max_bytes or entries >= self._buf_max_entries:
+            if actual >= self._buf_max_bytes or len(self._writes) >= self._buf_max_entries:
                 self._stage()
-
-    def _send_ahead(self) -> None:
-        """Stage the buffered writes without waiting for the answer; they stay readable here
-        (in `_sent`) until the commit."""
-        self._wait_ahead()  # one Stage in flight at a time: the server takes them in order
-        send = self._writes
-        self._inflight = self._c.call_future(
-            self.name, self.partition, "Stage",
-            pb.StageRequest(store=self.name, partition=self.partition, epoch=self.epoch,
-                            commit_seq=self._seq + 1, batch=self._batch(send)),
-        )
-        self._staged += 1
-        if self._sent:
-            self._sent.update(send)
-        else:
-            self._sent = send
-        self._writes = {}
-
-    def _wait_ahead(self) -> None:
-        """Take the answer of the Stage call in flight, if any. A failure closes the handle:
-        which of its writes the server holds is unknown, so the batch cannot be committed."""
-        fut, self._inflight = self._inflight, None
-        if fut is None:
-            return
-        try:
-            fut.result()
-        except grpc.RpcError as exc:
-            err = translate(exc)
-            self._closed = True
-            if not isinstance(err, FencedError):
-                self._closed_why = (
-                    f"writes sent ahead of commit {self._seq + 1} of {self.name}/"
-                    f"{self.partition} failed ({err}); the batch is lost: reopen the store "
-                    "and resume from its committed_offsets")
-            raise err from exc
 
     def _batch(
         self, writes: dict[bytes, bytes | None], ranges: Ranges | None = None
@@ -389,7 +325,6 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
                              range_begin=[b for b, _ in ranges], range_end=[e for _, e in ranges])
 
     def _stage(self) -> None:
-        self._wait_ahead()
         keep: dict[bytes, bytes | None] = {}
         send = self._writes
         if self._ranges:  # writes made after a pending range delete wait for the commit
@@ -412,13 +347,11 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             raise err from exc
         self._staged += 1
         self._writes = keep
-        self._sent = {}  # the server holds them now; reads of them go there
         self._buf_bytes = 0
 
     def _backend_commit(
         self, writes: dict[bytes, bytes | None], offsets: dict[str, int], ranges: Ranges
     ) -> dict[str, int]:
-        self._wait_ahead()
         req = pb.CommitRequest(
             store=self.name, partition=self.partition, epoch=self.epoch,
             commit_seq=self._seq + 1, staged_batches=self._staged,
@@ -445,15 +378,11 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             raise err from exc
         self._seq += 1
         self._staged = 0
-        self._sent = {}
         self._buf_bytes = 0
         return dict(resp.committed_offsets)
 
     def _backend_close(self) -> None:
         # Closing a fenced or unreachable handle has nothing left to release.
-        with contextlib.suppress(StateStoreError):
-            self._wait_ahead()
-        self._sent = {}
         with contextlib.suppress(grpc.RpcError):
             self._c.call(
                 self.name, self.partition, "Close",

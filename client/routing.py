@@ -108,16 +108,6 @@ class Router:
                     delay = min(delay * 2, 0.5)
                 address = nxt
 
-    def call_future(
-        self, shard: tuple[str, int] | None, method: str, request: Any, timeout: float,
-    ) -> grpc.Future:
-        """A unary call to the shard's owner as a future: sent at once, its answer (or
-        grpc.RpcError) taken with `.result()`. No redirects or retries: for calls that cannot
-        be repeated blindly (their failure is the caller's to handle)."""
-        fn = getattr(self.stub(self.address_for(shard)), method)
-        fut: grpc.Future = fn.future(request, timeout=timeout, metadata=self.metadata)
-        return fut
-
     def stream(
         self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,
         timeout: float = 30.0,

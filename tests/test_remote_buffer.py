@@ -97,28 +97,27 @@ def test_commit_retry_after_lost_answer_applies_once(server: RunningServer) -> N
     assert kv.get(b"a") == b"1"
 
 
-def test_writes_sent_ahead_with_a_changelog(tmp_path: Path, broker: Broker) -> None:
-    """A key-value store with a changelog sends its writes ahead of the commit in small
-    batches (not waited for); the owner reads them back at once, scans see them, nobody else
-    does, and the commit makes the whole batch durable: a server with an empty disk restores it
-    from the log. A rejected stage (another worker claimed the shard) closes the handle."""
+def test_staged_writes_with_a_changelog(tmp_path: Path, broker: Broker) -> None:
+    """With a changelog, a key-value store's staged writes are appended to the log when they
+    are staged (docs/protocol.md, "Staging ahead"): the owner reads them back, scans see them,
+    nobody else does, and the commit makes the whole batch durable: a server with an empty disk
+    restores it from the log. Writes staged by a fenced handle are refused and never land."""
     objects = (tmp_path / "objects").as_uri()
     cfg = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "a", object_store=objects,
                        kafka_bootstrap=broker.bootstrap)
     srv = create_server(cfg)
     try:
         client = connect(f"127.0.0.1:{srv.port}")
-        kv = client.key_value_store("ahead", 0, 1)
-        kv.stage_ahead_entries = 100
+        kv = client.key_value_store("ahead", 0, 1, buffer_max_entries=100)
         expected = {}
         for i in range(1050):
             kv.put(b"k%05d" % i, b"v%d" % i)
             expected[b"k%05d" % i] = b"v%d" % i
-        kv.put(b"k00007", b"rewritten")  # sent ahead already, rewritten here
+        kv.put(b"k00007", b"rewritten")  # staged already, rewritten here
         expected[b"k00007"] = b"rewritten"
         kv.delete(b"k00008")
         del expected[b"k00008"]
-        assert kv._staged == 10 and len(kv._sent) == 1000
+        assert kv._staged == 10
         assert kv.get(b"k00003") == b"v3" and kv.get(b"k00007") == b"rewritten"
         assert kv.get_many([b"k00001", b"k01049", b"nope"]) == [b"v1", b"v1049", None]
         assert dict(kv.all()) == expected
@@ -126,14 +125,14 @@ def test_writes_sent_ahead_with_a_changelog(tmp_path: Path, broker: Broker) -> N
         assert reader.get(b"k00003") is None
         kv.commit({"t:0": 1})
         assert dict(reader.all()) == expected
-        # Another worker claims the shard: this handle's next batch is refused.
+        # Another worker claims the shard: this handle's next writes are refused.
         kv2 = client.key_value_store("ahead", 0, 1)
-        for i in range(150):
-            kv.put(b"x%03d" % i, b"lost")  # the first 100 go ahead and are refused
         with pytest.raises(errors.FencedError):
-            kv.commit({"t:0": 2})
-        with pytest.raises(errors.StoreClosedError):
-            kv.put(b"y", b"1")
+            for i in range(150):
+                kv.put(b"x%03d" % i, b"lost")  # the 100th write stages, and is refused
+        kv2.put(b"k00001", b"theirs")
+        kv2.commit({"t:0": 2})
+        expected[b"k00001"] = b"theirs"
         kv2.close()
     finally:
         srv.stop(grace=1, snapshot=False)  # the next server restores from the log alone
