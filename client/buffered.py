@@ -141,6 +141,11 @@ class BufferedKeyValueStore:
         for k in keys:
             check_key(k)
         w, ranges = self._writes, self._ranges
+        if not w and not ranges:  # nothing buffered (a fresh handle): one call, as it answers
+            if not keys:
+                return []
+            values = self._backend_get(list(keys))
+            return [self._visible(v) for v in values] if self._ttl_ms else values
         missing = [k for k in keys if k not in w and not (ranges and in_ranges(k, ranges))]
         fetched = dict(zip(missing, self._backend_get(missing), strict=True)) if missing else {}
         return [self._visible(w[k] if k in w else fetched.get(k)) for k in keys]

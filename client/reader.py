@@ -194,6 +194,12 @@ class Reader(StoreReader):
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
         for k in keys:
             check_key(k)
+        if self.num_partitions == 1 and keys:  # one partition: no hashing, no regrouping
+            if not self.ttl_ms:
+                return self._get(0, list(keys))
+            now = self.clock()
+            values = self._get(0, list(keys))
+            return [None if v is None else ttlcodec.live_payload(v, now) for v in values]
         by_part: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             by_part.setdefault(self.partition_for(k), []).append(i)

@@ -49,6 +49,9 @@ class Router:
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, store_pb2_grpc.StateStoreStub] = {}
+        # (address, method) -> the stub's callable: read without the lock on the hot path (a
+        # dict lookup is atomic), filled and cleared under it.
+        self._calls: dict[tuple[str, str], Any] = {}
         self._placement: dict[tuple[str, int], str] = {}
         self._known: list[str] = list(self.seeds)
         self.redirects = 0
@@ -69,10 +72,20 @@ class Router:
         return self._channels[address]
 
     def address_for(self, shard: tuple[str, int] | None) -> str:
-        with self._lock:
-            if shard is not None and shard in self._placement:
-                return self._placement[shard]
-            return self._known[0]
+        if shard is not None:
+            placed = self._placement.get(shard)  # atomic; written under the lock
+            if placed is not None:
+                return placed
+        return self._known[0]
+
+    def _callable(self, address: str, method: str) -> Any:
+        fn = self._calls.get((address, method))
+        if fn is None:
+            fn = getattr(self.stub(address), method)
+            with self._lock:
+                if address in self._stubs:  # not closed meanwhile
+                    self._calls[(address, method)] = fn
+        return fn
 
     def _candidates(self, shard: tuple[str, int] | None) -> list[str]:
         first = self.address_for(shard)
@@ -87,15 +100,17 @@ class Router:
         retried (on the other known servers first) until the deadline when there are several
         servers, or when `retry_unavailable` says the call is safe to repeat; with one server
         and no such promise, UNAVAILABLE is raised at once."""
-        deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
+        budget = timeout if timeout is not None else 30.0
+        started = time.monotonic()
+        deadline = started + budget
         tried_down: set[str] = set()
         address = self.address_for(shard)
         delay = 0.02
+        remaining = max(budget, 0.05)  # the first attempt: the whole budget
         while True:
-            remaining = max(deadline - time.monotonic(), 0.05)
             try:
-                fn = getattr(self.stub(address), method)
-                return fn(request, timeout=remaining, metadata=self.metadata)
+                return self._callable(address, method)(request, timeout=remaining,
+                                                       metadata=self.metadata)
             except grpc.RpcError as exc:
                 if (owner_of(exc) is None and exc.code() is grpc.StatusCode.UNAVAILABLE
                         and not retry_unavailable and len(self._known) < 2):
@@ -107,6 +122,7 @@ class Router:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                 address = nxt
+                remaining = max(deadline - time.monotonic(), 0.05)
 
     def stream(
         self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,
@@ -181,3 +197,4 @@ class Router:
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+            self._calls.clear()

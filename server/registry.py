@@ -123,6 +123,11 @@ class Registry:
         return self.data_dir / "stores" / f"{name}.json"
 
     def find_spec(self, name: str) -> StoreSpec | None:
+        # Fast path (every read): a known store's name was checked when it was added; a dict
+        # lookup is atomic, and entries are only ever added (under the lock).
+        spec = self._specs.get(name)
+        if spec is not None:
+            return spec
         check_store_name(name)
         with self._lock:
             spec = self._specs.get(name)
@@ -191,8 +196,7 @@ class Registry:
         """The open shard, loading (and if need be restoring) it first."""
         spec.check_partition(partition)
         key = (spec.name, partition)
-        with self._lock:
-            sh = self._shards.get(key)
+        sh = self._shards.get(key)  # atomic; the slow path below re-reads it under the lock
         if sh is not None:
             sh.settle()  # a commit being applied in the background may yet break it
             if not sh.broken:

@@ -291,6 +291,14 @@ def generic_handler(
     service: StoreService, observe: Observe | None = None
 ) -> grpc.GenericRpcHandler:
     """The StateStore handlers; with `observe`, each call's method, status and duration."""
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service, observe))
+
+
+def method_handlers(
+    service: StoreService, observe: Observe | None = None
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The StateStore handlers by method name (for `add_registered_method_handlers`, or
+    wrapped by `generic_handler`)."""
     s = Servicer(service)
     unary = {
         "Open": s.Open, "Stage": s.Stage, "Commit": s.Commit, "Get": s.Get, "Count": s.Count,
@@ -299,4 +307,4 @@ def generic_handler(
     }
     handlers = {name: _unary(fn, name, observe) for name, fn in unary.items()}
     handlers["Scan"] = _stream(s.Scan, "Scan", observe)
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    return handlers
