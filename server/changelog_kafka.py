@@ -107,9 +107,11 @@ class KafkaChangelog:
         topic = self.topic_for(store)
         if num_partitions < 1:
             raise InvalidArgumentError(f"num_partitions must be >= 1, got {num_partitions}")
+        # Warm up, even when a read has already learnt the topic: getting a producer id takes
+        # the new producer 0.5-1 s (in the background), and the first append waits for it.
+        self._get_producer()
         known = self._known.get(topic)
         if known is None:
-            self._get_producer()  # warm up: getting a producer id takes it 0.5-1 s
             with self._topic_lock:
                 known = self._known.get(topic)
                 if known is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Header = tuple[str, bytes]
 
@@ -107,3 +107,13 @@ class ObjectStore(Protocol):
 
     def describe(self) -> str:
         """A human-readable location, e.g. s3://bucket/prefix."""
+
+
+@runtime_checkable
+class HashingDownload(Protocol):
+    """An object store that can hash a download as it streams it (both adapters can; a
+    wrapper that cannot is still an ObjectStore: snapshots then hash the file afterwards)."""
+
+    def get_file_sha256(self, key: str, path: Path) -> str:
+        """get_file, returning the sha256 (hex) of the bytes written to `path`, computed while
+        they were written (no second read of the file). Raises ObjectNotFoundError."""

@@ -39,7 +39,7 @@ from tierstore.server.manifest import (
     sha256_file,
     shard_prefix,
 )
-from tierstore.server.ports import ObjectStore
+from tierstore.server.ports import HashingDownload, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -313,18 +313,26 @@ class SnapshotStore:
     def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None) -> None:
         total, done, lock = manifest.total_bytes, [0], threading.Lock()
         sid = manifest.snapshot_id
+        hashing = self.objects if isinstance(self.objects, HashingDownload) else None
 
         def one(f: SnapshotFile) -> None:
             key = file_key(manifest.store, manifest.partition, f.sha256)
             target = dest_dir / f.name
             try:
-                self.objects.get_file(key, target)
+                if hashing is not None:  # hashed as it streams in: no second read
+                    sha = hashing.get_file_sha256(key, target)
+                else:
+                    self.objects.get_file(key, target)
+                    sha = ""
             except ObjectNotFoundError as exc:
                 raise SnapshotCorruptError(
                     f"snapshot {sid} file {f.name}: object {key} is missing"
                 ) from exc
             size = target.stat().st_size
-            sha = sha256_file(target) if size == f.size else "-"
+            if size != f.size:
+                sha = "-"
+            elif not sha:
+                sha = sha256_file(target)
             if (size, sha) != (f.size, f.sha256):
                 raise SnapshotCorruptError(
                     f"snapshot {sid} file {f.name} (object {key}) failed verification: size "
@@ -335,7 +343,8 @@ class SnapshotStore:
                 if progress is not None:
                     progress(done[0], total)
 
-        self._run_parallel(one, manifest.files)
+        # Largest first: the big files bound the download, so they must not start last.
+        self._run_parallel(one, sorted(manifest.files, key=lambda f: -f.size))
         with contextlib.suppress(OSError):
             fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from botocore.exceptions import IncompleteReadError
 
 from tests.infra import S3_ENV, S3Server, free_port
 from tierstore.server.errors import ObjectNotFoundError, ObjectStoreError
@@ -17,7 +20,7 @@ from tierstore.server.objectstore import (
     S3ObjectStore,
     open_object_store,
 )
-from tierstore.server.ports import ObjectStore
+from tierstore.server.ports import HashingDownload, ObjectStore
 
 MiB = 1024 * 1024
 # small parts so that a few-MiB file exercises multipart transfers
@@ -211,3 +214,64 @@ def test_open_object_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(ValueError) as info:
             open_object_store(bad, None)
         assert repr(bad) in str(info.value) or bad == ""
+
+
+def test_hashed_download(store: ObjectStore, tmp_path: Path) -> None:
+    """get_file_sha256 (the restore's download): the file written whole and the sha256 of
+    what was written, computed as it streamed; a missing key leaves nothing behind."""
+    assert isinstance(store, HashingDownload)
+    src = tmp_path / "src.bin"
+    data = os.urandom(6 * MiB + 7)  # more than one read chunk
+    src.write_bytes(data)
+    store.put_file("files/f", src)
+    dest = tmp_path / "out" / "f"
+    dest.parent.mkdir()
+    assert store.get_file_sha256("files/f", dest) == hashlib.sha256(data).hexdigest()
+    assert dest.read_bytes() == data
+    assert os.listdir(dest.parent) == ["f"]
+    dest.write_bytes(b"old")
+    with pytest.raises(ObjectNotFoundError, match="nope"):
+        store.get_file_sha256("files/nope", dest)
+    assert dest.read_bytes() == b"old"
+    assert os.listdir(dest.parent) == ["f"]
+
+
+@pytest.mark.s3
+def test_s3_hashed_download_restarts_a_broken_body(
+    s3_env: None, s3_server: S3Server, s3_bucket: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection lost mid-body restarts the file from its start: the hash and the file
+    hold each byte once."""
+    store = S3ObjectStore(s3_bucket, "p", endpoint_url=s3_server.endpoint,
+                          config=S3_TEST_CONFIG)
+    data = os.urandom(3 * MiB)
+    store.put_bytes("k", data)
+    real = store._client.get_object
+    calls = []
+
+    class Broken:
+        def __init__(self, body: Any) -> None:
+            self.body, self.reads = body, 0
+
+        def read(self, n: int) -> bytes:
+            self.reads += 1
+            if self.reads == 2:
+                raise IncompleteReadError(actual_bytes=MiB, expected_bytes=len(data))
+            return cast(bytes, self.body.read(n))
+
+        def close(self) -> None:
+            self.body.close()
+
+    def get_object(**kw: Any) -> Any:
+        resp = real(**kw)
+        calls.append(kw["Key"])
+        if len(calls) == 1:
+            resp["Body"] = Broken(resp["Body"])
+        return resp
+
+    monkeypatch.setattr(store._client, "get_object", get_object)
+    dest = tmp_path / "f"
+    assert store.get_file_sha256("k", dest) == hashlib.sha256(data).hexdigest()
+    assert dest.read_bytes() == data
+    assert calls == ["p/k", "p/k"]
