@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tierstore.server.errors import ChangelogError, InvalidArgumentError
 from tierstore.server.kafkaconfig import KafkaConfig, MiB
-from tierstore.server.ports import Ahead, ChangelogRecord, Header
+from tierstore.server.ports import ChangelogRecord, Header
 
 _log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ class _Waiter:
     """The on_delivery callback of one append call's messages: counts their reports. Runs on the
     poller thread (or any thread serving the producer); `itertools.count` is atomic (GIL)."""
 
-    __slots__ = ("_count", "done", "error", "expected", "offset")
+    __slots__ = ("_count", "_expected", "done", "error", "offset")
 
     def __init__(self, expected: int) -> None:
-        self.expected = expected
+        self._expected = expected
         self._count = itertools.count(1)
         self.done = threading.Event()
         self.error: KafkaError | None = None
@@ -72,7 +72,7 @@ class _Waiter:
             off = msg.offset()  # None or < 0 for a retry the broker took for a duplicate
             if off is not None and off > self.offset:
                 self.offset = off
-        if next(self._count) == self.expected:
+        if next(self._count) == self._expected:
             self.done.set()
 
 
@@ -180,12 +180,10 @@ class KafkaChangelog:
     def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
                      values: Sequence[bytes | None], headers: Sequence[Header],
                      marker_value: bytes, marker_headers: Sequence[Header],
-                     while_waiting: Callable[[], None] | None = None,
-                     ahead: Sequence[Ahead] = ()) -> int:
-        """Produce the data records in order, wait for ALL their acknowledgements (and those of
-        the records `ahead`, from earlier `append_ahead` calls), then produce the marker (key
-        b"") and wait for it; return the marker's offset, or -1 when the broker reported no
-        usable offset for it (the append succeeded all the same). Thread-safe; waits
+                     while_waiting: Callable[[], None] | None = None) -> int:
+        """Produce the data records in order, wait for ALL their acknowledgements, then produce
+        the marker (key b"") and wait for it; return the marker's offset, or -1 when the broker
+        reported no usable offset for it (the append succeeded all the same). Thread-safe; waits
         only for this call's own messages, so concurrent calls do not delay each other.
 
         Not atomic by itself: on any failure (produce error, failed delivery report, or none
@@ -199,41 +197,20 @@ class KafkaChangelog:
         topic = self.topic_for(store)
         self._check_partition(topic, partition)
         producer = self._get_producer()
-        waiters = [w for w in ahead if isinstance(w, _Waiter)]
-        if len(waiters) != len(ahead):
-            raise TypeError("append_batch: `ahead` takes this changelog's append_ahead handles")
         if keys:
             data = _Waiter(len(keys))
             self._produce(producer, topic, partition, keys, values, list(headers) or None, data)
-            waiters.append(data)
-        if while_waiting is not None:
+            if while_waiting is not None:
+                while_waiting()
+            self._await(producer, data, topic, partition, f"{len(keys)} data records")
+        elif while_waiting is not None:
             while_waiting()
-        for w in waiters:
-            self._await(producer, w, topic, partition, f"{w.expected} data records")
         marker = _Waiter(1)
         mh = list(marker_headers) or None
         self._produce(producer, topic, partition, (b"",), (marker_value,), mh, marker)
         self._await(producer, marker, topic, partition, "the commit marker")
         # A marker before its own records is a made-up offset (Tansu's 0 for a "duplicate").
-        last = max((w.offset for w in waiters), default=-1)
-        return -1 if waiters and marker.offset <= last else marker.offset
-
-    def append_ahead(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header]) -> _Waiter:
-        """Produce records without waiting; `append_batch(ahead=[the result])` waits for them.
-        The producer is idempotent and one per server, so they land in order, before anything
-        produced to the partition afterwards."""
-        if len(keys) != len(values):
-            raise InvalidArgumentError(f"{len(keys)} keys but {len(values)} values")
-        topic = self.topic_for(store)
-        self._check_partition(topic, partition)
-        producer = self._get_producer()
-        waiter = _Waiter(len(keys))
-        if keys:
-            self._produce(producer, topic, partition, keys, values, list(headers) or None, waiter)
-        else:
-            waiter.done.set()
-        return waiter
+        return -1 if keys and marker.offset <= data.offset else marker.offset
 
     def _produce(self, producer: Producer, topic: str, partition: int, keys: Sequence[bytes],
                  values: Sequence[bytes | None], headers: list[Any] | None,

@@ -1,6 +1,5 @@
-"""The changelog-side bookkeeping of one shard's appends (docs/protocol.md, "Fencing" and
-"Staging ahead"): the records of a staged batch already handed to the log, and what to do when
-records this server did not write turn up between its own.
+"""The fence of one shard's appends (docs/protocol.md, "Epochs and fencing"): what to do when
+records this server did not write turn up in the log before its own batch.
 
 Storage code: talks to the changelog only through the `Changelog` port.
 """
@@ -19,47 +18,14 @@ from tierstore.server.logproto import (
     marker,
     parse_marker,
 )
-from tierstore.server.ports import Ahead
 
 if TYPE_CHECKING:
     from tierstore.server.shard import Shard
 
 
-class AheadBatch:
-    """The records of the batch being staged that are already in the log, ahead of its marker.
-
-    Until the marker lands they are uncommitted: if the batch is abandoned (a claim, a release,
-    a lost stage) their keys join the shard's repair set, so that the next append overwrites
-    them with their committed values before its own marker (restore applies everything before
-    a marker, and compaction may keep only the newest record of a key)."""
-
-    __slots__ = ("count", "handles", "keys")
-
-    def __init__(self) -> None:
-        self.handles: list[Ahead] = []
-        self.count = 0  # records appended ahead, repairs included
-        self.keys: set[bytes] = set()
-
-    def __bool__(self) -> bool:
-        return bool(self.keys)
-
-    def add(self, handle: Ahead, keys: list[bytes]) -> None:
-        self.handles.append(handle)
-        self.count += len(keys)
-        self.keys.update(keys)
-
-    def take(self) -> set[bytes]:
-        """Forget the batch; return the keys it wrote."""
-        keys = self.keys
-        self.handles, self.count, self.keys = [], 0, set()
-        return keys
-
-
 def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
-                    ours: set[bytes], mixed: bool = False) -> None:
-    """Records this server did not write sit in the log at [start, end), before its batch; or,
-    with `mixed` (records staged ahead: other writers' records may land between them), among
-    its records there, which are the ones of its own epoch.
+                    ours: set[bytes]) -> None:
+    """Records this server did not write sit in the log at [start, end), before its batch.
 
     A record of a newer epoch means another server took the shard over: its claim fences this
     batch on restore, so the commit must not be acknowledged (FencedError; the shard reloads).
@@ -75,8 +41,6 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
                 break
             m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
             epoch = m.epoch if m is not None else (header_epoch(rec.headers) or 0)
-            if mixed and epoch == new.epoch:
-                continue
             newest = max(newest, epoch)
             if rec.key != MARKER_KEY:
                 zombie_keys.add(rec.key)

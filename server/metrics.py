@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from tierstore.server.ports import Ahead, Changelog, ChangelogRecord, Header
+from tierstore.server.ports import Changelog, ChangelogRecord, Header
 from tierstore.server.service import StoreService
 from tierstore.server.shard import Shard
 from tierstore.server.snapshots import Manifest
@@ -153,10 +153,6 @@ class TimedChangelog:
             raise
         self._ok.observe(time.perf_counter() - started)
         return offset
-
-    def append_ahead(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header]) -> Ahead:
-        return self._inner.append_ahead(store, partition, keys, values, headers)
 
     def read(self, store: str, partition: int, start_offset: int
              ) -> Iterator[list[ChangelogRecord]]:

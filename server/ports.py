@@ -14,11 +14,6 @@ from typing import Protocol, runtime_checkable
 Header = tuple[str, bytes]
 
 
-class Ahead(Protocol):
-    """What `Changelog.append_ahead` returns: an opaque handle on records handed to the log
-    ahead of their marker, passed back to `append_batch(ahead=...)`."""
-
-
 @dataclass(frozen=True, slots=True)
 class ChangelogRecord:
     offset: int
@@ -47,28 +42,13 @@ class Changelog(Protocol):
         marker_value: bytes,
         marker_headers: Sequence[Header],
         while_waiting: Callable[[], None] | None = None,
-        ahead: Sequence[Ahead] = (),
     ) -> int:
-        """Append records (each with `headers`) in order, then, only once all of them and all
-        the records of `ahead` are acknowledged, a marker record (key b"") carrying
-        `marker_headers`. Returns the marker's offset, or -1 if the broker did not report a
-        usable one (after a retry taken for a duplicate). Raises ChangelogError if anything
-        failed; the marker is then not written, though some data records may be.
-        `while_waiting`, if given, runs while the broker acknowledges the data records (the
-        caller overlaps its own work with the round trip)."""
-
-    def append_ahead(
-        self,
-        store: str,
-        partition: int,
-        keys: Sequence[bytes],
-        values: Sequence[bytes | None],
-        headers: Sequence[Header],
-    ) -> Ahead:
-        """Hand records to the log in order without waiting for them (they land before any
-        record appended later to the partition); a later `append_batch(ahead=[handle])` waits
-        for them before its marker. Raises ChangelogError if they cannot be handed over (some
-        may have been)."""
+        """Append records (each with `headers`) in order, then, only once all of them are
+        acknowledged, a marker record (key b"") carrying `marker_headers`. Returns the marker's
+        offset, or -1 if the broker did not report a usable one (after a retry taken for a
+        duplicate). Raises ChangelogError if anything failed; the marker is then not written, though
+        some data records may be. `while_waiting`, if given, runs while the broker acknowledges
+        the data records (the caller overlaps its own work with the round trip)."""
 
     def read(
         self, store: str, partition: int, start_offset: int

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.logproto import MARKER_KEY, Marker, header_epoch, parse_marker
-from tierstore.server.ports import Ahead, Changelog, ChangelogRecord, Header
+from tierstore.server.ports import Changelog, ChangelogRecord, Header
 from tierstore.server.segments import SegmentDrops
 from tierstore.server.specs import StoreSpec
 
@@ -67,12 +67,7 @@ class ReadOnlyView:
     def append_batch(self, store: str, partition: int, keys: Sequence[bytes],
                      values: Sequence[bytes | None], headers: Sequence[Header],
                      marker_value: bytes, marker_headers: Sequence[Header],
-                     while_waiting: Callable[[], None] | None = None,
-                     ahead: Sequence[Ahead] = ()) -> int:
-        raise TypeError(f"{type(self).__name__} is a read-only view of a changelog")
-
-    def append_ahead(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header]) -> Ahead:
+                     while_waiting: Callable[[], None] | None = None) -> int:
         raise TypeError(f"{type(self).__name__} is a read-only view of a changelog")
 
     def close(self) -> None:

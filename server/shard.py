@@ -45,7 +45,7 @@ from tierstore.server.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from tierstore.server.fence import AheadBatch, foreign_records
+from tierstore.server.fence import foreign_records
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.keys import check_keys, check_range, check_values
 from tierstore.server.logproto import CLAIM, COMMIT, data_headers, marker
@@ -103,9 +103,6 @@ class Shard:
         self._stage_seq = 0
         self._stage_batches = 0
         self._stage_bytes = 0
-        # Records of the staged batch already in the changelog (key-value stores: docs/protocol.md,
-        # "Staging ahead"); uncommitted until the batch's marker.
-        self._ahead = AheadBatch()
         self.commits_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
         # The changelog offset and size of the snapshot a restore would start from (None:
@@ -123,7 +120,6 @@ class Shard:
         self._sweep_from: bytes | None = None  # where the next TTL sweep starts
         # Set while an acknowledged commit is being written to RocksDB in the background.
         self._applying: threading.Event | None = None
-        self._acked: ShardMeta | None = None  # the meta of the last commit sent to `_applying`
 
     @property
     def name(self) -> str:
@@ -153,11 +149,10 @@ class Shard:
             self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
-        current = (self._acked or self.meta).epoch  # the claim may still be on its way to disk
-        if epoch != current:
+        if epoch != self.meta.epoch:
             raise FencedError(
                 f"shard {self.name}: epoch {epoch} is fenced; the current epoch is "
-                f"{current} (another owner claimed the shard, or this claim is stale)"
+                f"{self.meta.epoch} (another owner claimed the shard, or this claim is stale)"
             )
 
     def release(self, epoch: int) -> None:
@@ -175,20 +170,12 @@ class Shard:
         put_values: Sequence[bytes],
         delete_keys: Sequence[bytes],
     ) -> int:
-        """Hold writes for the coming commit `commit_seq`; visible to the owner only. With a
-        changelog (key-value stores) they are also appended to it at once, ahead of the commit's
-        marker, so the broker's round trip overlaps the client's next writes."""
+        """Hold writes for the coming commit `commit_seq`; visible to the owner only."""
         with self._lock:
-            ahead = self.changelog is not None and not self.spec.windowed
-            meta = self.meta
-            if ahead and self.broken is None and self._acked is not None:
-                meta = self._acked  # no need to wait for the last commit's RocksDB write
-            else:
-                self._check_usable()
-                meta = self.meta
+            self._check_usable()
             self.check_epoch(epoch)
             self._validate(put_keys, put_values, delete_keys)
-            expected = meta.commit_seq + 1
+            expected = self.meta.commit_seq + 1
             if commit_seq != expected:
                 raise AbortedError(
                     f"shard {self.name}: staged writes for commit {commit_seq}, expected "
@@ -203,8 +190,6 @@ class Shard:
                     f"shard {self.name}: staged writes would exceed "
                     f"{self.limits.max_staged_bytes} bytes; commit more often"
                 )
-            if ahead:
-                self._stage_ahead(epoch, commit_seq, put_keys, put_values, delete_keys)
             st = self._stage
             st.update(zip(put_keys, put_values, strict=True))
             st.update(dict.fromkeys(delete_keys))
@@ -258,9 +243,6 @@ class Shard:
             if range_begin or range_end or self.spec.windowed:
                 ranges = self._check_windowed(put_keys, put_values, range_begin, range_end,
                                               have > 0)
-            own: tuple[list[bytes], list[bytes], list[bytes]] | None = None
-            if have and self._ahead:  # the staged writes are in the log: append only this batch
-                own = (list(put_keys), list(put_values), list(delete_keys))
             if have:
                 st = self._stage
                 if ranges:  # staged writes precede the ranges: those inside are deleted too
@@ -276,9 +258,7 @@ class Shard:
             merged = dict(self.meta.offsets)
             merged.update(offsets)
             new = ShardMeta(self.meta.epoch, commit_seq, self.meta.changelog_offset, merged)
-            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT, ranges=ranges,
-                                                   logged=own)
-            self._ahead.take()  # committed: nothing to repair
+            marker_offset = self._append_and_apply(pk, pv, dk, new, kind=COMMIT, ranges=ranges)
             self._drop_stage()
             self.commits_since_snapshot += 1
             self.last_used = time.monotonic()
@@ -292,10 +272,7 @@ class Shard:
         new: ShardMeta,
         kind: bytes,
         ranges: Sequence[segments.Range] = (),
-        logged: tuple[list[bytes], list[bytes], list[bytes]] | None = None,
     ) -> int:
-        """Steps 3 and 4 of a commit of puts `pk`/`pv` and deletes `dk`. `logged`: the part of
-        them still to append (the rest is in `self._ahead`); default all of them."""
         marker_offset = -1
         prepared: list[WriteBatch] = []
 
@@ -303,13 +280,9 @@ class Shard:
             prepared.append(self.db.prepare(pk, pv, dk, ranges))
 
         if self.changelog is not None:
-            lk, lv, ld = logged if logged is not None else (pk, pv, dk)
-            keys: list[bytes] = lk + ld
-            values: list[bytes | None] = [*lv, *([None] * len(ld))]
-            ahead = self._ahead
-            # A repair record after an ahead record of the same key would undo it; the batch
-            # writes those keys anyway, so its own records repair them.
-            repair = self._repair - set(keys) - ahead.keys
+            keys: list[bytes] = pk + dk
+            values: list[bytes | None] = [*pv, *([None] * len(dk))]
+            repair = self._repair - set(keys)
             if repair:
                 # Overwrite keys a failed append may have left in the log with committed values.
                 rk = list(repair)
@@ -326,19 +299,14 @@ class Shard:
                     mval,
                     mheaders,
                     while_waiting=prepare,  # build the WriteBatch during the broker round trip
-                    ahead=ahead.handles,
                 )
             except UnavailableError:
-                # Some records may have landed: the end is unknown now, and a retry of this
-                # commit appends the whole staged batch again (nothing counts as ahead).
                 self._repair.update(keys)
-                self._repair.update(ahead.take())
-                self.log_end = None
+                self.log_end = None  # some records may have landed: the end is unknown now
                 raise
             start = self.log_end
             self._repair.clear()
-            n = len(keys) + ahead.count
-            if marker_offset < 0 or (start is not None and marker_offset < start + n):
+            if marker_offset < 0 or (start is not None and marker_offset < start + len(keys)):
                 # No usable offset (a retried marker the broker took for a duplicate), or one
                 # before the records it closes: where the log ends is unknown, as after a failed
                 # append, and the fence waits for the next append. The commit stands; the local
@@ -346,9 +314,8 @@ class Shard:
                 self.log_end = None
             else:
                 self.log_end = marker_offset + 1
-                if start is not None and marker_offset != start + n:
-                    end = marker_offset if ahead else marker_offset - n
-                    foreign_records(self, start, end, new, set(keys) | ahead.keys, bool(ahead))
+                if start is not None and marker_offset != start + len(keys):
+                    foreign_records(self, start, marker_offset - len(keys), new, set(keys))
                 new.changelog_offset = (self.log_end if self.log_end is not None
                                         else marker_offset + 1)
         if not prepared:
@@ -375,7 +342,6 @@ class Shard:
         the shard broken: the commit is durable in the changelog, and the reload replays it."""
         done = threading.Event()
         self._applying = done
-        self._acked = new
 
         def apply() -> None:
             try:
@@ -443,8 +409,8 @@ class Shard:
             return 0
         with self._lock:
             self.settle()
-            if self.broken or self.db.closed or self._ahead:
-                return 0  # (a marker now would commit the owner's records staged ahead)
+            if self.broken or self.db.closed:
+                return 0
             doomed: list[bytes] = []
             resume: bytes | None = None
             for seen, (k, raw) in enumerate(self.db.iterate(self._sweep_from, None), 1):
@@ -498,32 +464,7 @@ class Shard:
                 segments.check_no_expired_puts(self.spec, live, st)
         return ranges
 
-    def _stage_ahead(self, epoch: int, seq: int, put_keys: Sequence[bytes],
-                     put_values: Sequence[bytes], delete_keys: Sequence[bytes]) -> None:
-        """Append staged writes to the changelog now (not waiting for the broker). The first
-        append of a batch carries the repair records first. On failure the whole stage is
-        dropped (the client's commit then fails on the staged-batch count), nothing else."""
-        assert self.changelog is not None
-        keys = [*put_keys, *delete_keys]
-        values: list[bytes | None] = [*put_values, *([None] * len(delete_keys))]
-        if not self._ahead and self._repair:
-            self.settle()  # the repair values are the committed ones
-            rk = list(self._repair)
-            keys, values = rk + keys, [*self.db.get_many(rk), *values]
-            self._repair.clear()
-        try:
-            handle = self.changelog.append_ahead(self.spec.name, self.partition, keys, values,
-                                                 data_headers(epoch, seq))
-        except UnavailableError:
-            self._ahead.keys.update(keys)
-            self._drop_stage()
-            raise
-        self._ahead.add(handle, keys)
-
     def _drop_stage(self) -> None:
-        if self._ahead:  # abandoned records in the log: the next append repairs their keys
-            self._repair.update(self._ahead.take())
-            self.log_end = None
         self._stage = {}
         self._stage_seq = 0
         self._stage_batches = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from tierstore.server.ports import Ahead, ChangelogRecord, Header
+from tierstore.server.ports import ChangelogRecord, Header
 
 
 class MemoryChangelog:
@@ -24,31 +24,17 @@ class MemoryChangelog:
         self, store: str, partition: int, keys: Sequence[bytes],
         values: Sequence[bytes | None], headers: Sequence[Header], marker_value: bytes,
         marker_headers: Sequence[Header], while_waiting: Callable[[], None] | None = None,
-        ahead: Sequence[Ahead] = (),
     ) -> int:
         if while_waiting is not None:
             while_waiting()
         with self._lock:
-            nxt = self._append(store, partition, keys, values, headers)
-            self.logs[(store, partition)].append(
-                ChangelogRecord(nxt, b"", marker_value, tuple(marker_headers)))
+            log = self.logs.setdefault((store, partition), [])
+            nxt = log[-1].offset + 1 if log else 0
+            for k, v in zip(keys, values, strict=True):
+                log.append(ChangelogRecord(nxt, k, v, tuple(headers)))
+                nxt += 1
+            log.append(ChangelogRecord(nxt, b"", marker_value, tuple(marker_headers)))
             return nxt
-
-    def append_ahead(self, store: str, partition: int, keys: Sequence[bytes],
-                     values: Sequence[bytes | None], headers: Sequence[Header]) -> Ahead:
-        """Lands at once (an in-memory log has nothing to wait for)."""
-        with self._lock:
-            self._append(store, partition, keys, values, headers)
-        return object()
-
-    def _append(self, store: str, partition: int, keys: Sequence[bytes],
-                values: Sequence[bytes | None], headers: Sequence[Header]) -> int:
-        log = self.logs.setdefault((store, partition), [])
-        nxt = log[-1].offset + 1 if log else 0
-        for k, v in zip(keys, values, strict=True):
-            log.append(ChangelogRecord(nxt, k, v, tuple(headers)))
-            nxt += 1
-        return nxt
 
     def read(self, store: str, partition: int, start_offset: int
              ) -> Iterator[list[ChangelogRecord]]:

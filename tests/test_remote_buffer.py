@@ -98,10 +98,10 @@ def test_commit_retry_after_lost_answer_applies_once(server: RunningServer) -> N
 
 
 def test_staged_writes_with_a_changelog(tmp_path: Path, broker: Broker) -> None:
-    """With a changelog, a key-value store's staged writes are appended to the log when they
-    are staged (docs/protocol.md, "Staging ahead"): the owner reads them back, scans see them,
-    nobody else does, and the commit makes the whole batch durable: a server with an empty disk
-    restores it from the log. Writes staged by a fenced handle are refused and never land."""
+    """With a changelog, staged writes are read back by the owner (point reads and scans),
+    nobody else sees them, and the commit makes the whole batch durable: a server with an empty
+    disk restores it from the log alone. Writes staged by a fenced handle are refused and never
+    land."""
     objects = (tmp_path / "objects").as_uri()
     cfg = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "a", object_store=objects,
                        kafka_bootstrap=broker.bootstrap)

@@ -19,7 +19,7 @@ import pytest
 from tests.memlog import MemoryChangelog
 from tierstore.server.config import ServerConfig
 from tierstore.server.objectstore import LocalObjectStore
-from tierstore.server.ports import Ahead, ChangelogRecord, Header
+from tierstore.server.ports import ChangelogRecord, Header
 from tierstore.server.service import StoreService
 
 
@@ -33,10 +33,9 @@ class LyingChangelog(MemoryChangelog):
         self, store: str, partition: int, keys: Sequence[bytes],
         values: Sequence[bytes | None], headers: Sequence[Header], marker_value: bytes,
         marker_headers: Sequence[Header], while_waiting: Callable[[], None] | None = None,
-        ahead: Sequence[Ahead] = (),
     ) -> int:
         offset = super().append_batch(store, partition, keys, values, headers, marker_value,
-                                      marker_headers, while_waiting, ahead)
+                                      marker_headers, while_waiting)
         lie, self.lie = self.lie, None
         return offset if lie is None else lie
 
