@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from tierstore import windowkeys as wk
 from tierstore.client.errors import InvalidArgumentError
+from tierstore.client.queries import SessionQueries, WindowQueries
 from tierstore.client.reader import StoreReader
 from tierstore.client.retention import check_key_range, check_time, check_times, check_user_key
 
@@ -60,20 +61,10 @@ class _TimedReader(StoreReader):
         return heapq.merge(*scans, key=lambda kv: kv[0][n:], reverse=reverse)
 
 
-class WindowReader(_TimedReader):
+class WindowReader(WindowQueries, _TimedReader):
     """Committed windows of a window store, across partitions (see the module docstring)."""
 
     kind = "window"
-
-    def fetch(self, key: bytes, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[int, bytes]]:
-        """(window_start_ms, value) of `key`'s live windows starting in [from, to], in time
-        order."""
-        return self._fetch(key, time_from_ms, time_to_ms, False)
-
-    def backward_fetch(
-        self, key: bytes, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[int, bytes]]:
-        return self._fetch(key, time_from_ms, time_to_ms, True)
 
     def fetch_window(self, key: bytes, window_start_ms: int) -> bytes | None:
         """The value of window (key, start), or None (absent or expired)."""
@@ -101,32 +92,6 @@ class WindowReader(_TimedReader):
             a, b = wk.window_range(key, seg, max(lo, first), min(hi, last))
             for k, v in self._scan(p, a, b, None, reverse):
                 yield wk.window_time(k), v
-
-    def fetch_range(
-        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        """(key, window_start_ms, value) of keys in [key_from, key_to] (None: unbounded) and
-        starts in [from, to], in (key, start) order across partitions."""
-        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, False)
-
-    def backward_fetch_range(
-        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, True)
-
-    def fetch_all(self, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[bytes, int, bytes]]:
-        """(key, window_start_ms, value) of every live window starting in [from, to], in
-        (key, start) order across partitions."""
-        return self._fetch_keys(None, None, time_from_ms, time_to_ms, False)
-
-    def backward_fetch_all(
-        self, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        return self._fetch_keys(None, None, time_from_ms, time_to_ms, True)
-
-    def all(self) -> Iterator[tuple[bytes, int, bytes]]:
-        """Every live window, in (key, start) order."""
-        return self._fetch_keys(None, None, 0, wk.MAX_TIME, False)
 
     def _fetch_keys(
         self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int,
@@ -158,26 +123,10 @@ class WindowReader(_TimedReader):
         return ((k, v) for k, v in it if lo <= wk.window_time(k) <= hi)
 
 
-class SessionReader(_TimedReader):
+class SessionReader(SessionQueries, _TimedReader):
     """Committed sessions of a session store, across partitions (see the module docstring)."""
 
     kind = "session"
-
-    def find_sessions(
-        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
-    ) -> Iterator[tuple[int, int, bytes]]:
-        """(start_ms, end_ms, value) of `key`'s live sessions with end >= earliest_end and
-        start <= latest_start, ordered by (end, start); as SessionStore.find_sessions."""
-        return self._find(key, earliest_session_end_ms, latest_session_start_ms, False)
-
-    def backward_find_sessions(
-        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
-    ) -> Iterator[tuple[int, int, bytes]]:
-        return self._find(key, earliest_session_end_ms, latest_session_start_ms, True)
-
-    def fetch(self, key: bytes) -> Iterator[tuple[int, int, bytes]]:
-        """Every live session of `key`, ordered by (end, start)."""
-        return self._find(key, 0, wk.MAX_TIME, False)
 
     def fetch_session(self, key: bytes, start_ms: int, end_ms: int) -> bytes | None:
         """The value of session [start, end] of `key`, or None (absent or expired)."""
@@ -209,26 +158,6 @@ class SessionReader(_TimedReader):
                 s, e = wk.session_times(k)
                 if s <= s1:
                     yield s, e, v
-
-    def find_sessions_range(
-        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
-        latest_session_start_ms: int,
-    ) -> Iterator[tuple[bytes, int, int, bytes]]:
-        """(key, start_ms, end_ms, value) of the live sessions of keys in [key_from, key_to]
-        (None: unbounded) matching as in `find_sessions`, ordered by (key, end, start)."""
-        return self._find_keys(key_from, key_to, earliest_session_end_ms,
-                               latest_session_start_ms, False)
-
-    def backward_find_sessions_range(
-        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
-        latest_session_start_ms: int,
-    ) -> Iterator[tuple[bytes, int, int, bytes]]:
-        return self._find_keys(key_from, key_to, earliest_session_end_ms,
-                               latest_session_start_ms, True)
-
-    def all(self) -> Iterator[tuple[bytes, int, int, bytes]]:
-        """Every live session, ordered by (key, end, start)."""
-        return self._find_keys(None, None, 0, wk.MAX_TIME, False)
 
     def _find_keys(
         self, key_from: bytes | None, key_to: bytes | None, earliest_end: int,

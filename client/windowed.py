@@ -31,6 +31,7 @@ from tierstore.client.buffered import BufferedKeyValueStore
 from tierstore.client.errors import InvalidArgumentError
 from tierstore.client.local import LocalKeyValueStore
 from tierstore.client.memory import InMemoryKeyValueStore
+from tierstore.client.queries import SessionQueries, WindowQueries
 from tierstore.client.retention import (
     TimedStore,
     check_key_range,
@@ -43,7 +44,7 @@ from tierstore.client.retention import (
 )
 
 
-class WindowStoreImpl(TimedStore):
+class WindowStoreImpl(WindowQueries, TimedStore):
     """A window store: values per (key, window start), retained by stream time."""
 
     _overhead = wk.WINDOW_OVERHEAD
@@ -82,16 +83,6 @@ class WindowStoreImpl(TimedStore):
             return None
         return self._kv.get(self._key(key, t))
 
-    def fetch(self, key: bytes, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[int, bytes]]:
-        """(window_start_ms, value) of `key`'s windows starting in [from, to], in time order."""
-        return self._fetch(key, time_from_ms, time_to_ms, False)
-
-    def backward_fetch(
-        self, key: bytes, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[int, bytes]]:
-        """`fetch` in reverse time order."""
-        return self._fetch(key, time_from_ms, time_to_ms, True)
-
     def _fetch(
         self, key: bytes, time_from_ms: int, time_to_ms: int, reverse: bool
     ) -> Iterator[tuple[int, bytes]]:
@@ -108,32 +99,6 @@ class WindowStoreImpl(TimedStore):
             first, last = wk.segment_span(seg, self.segment_interval_ms)
             lo, hi = wk.window_range(key, seg, max(lo_t, first), min(hi_t, last))
             yield from self._scan(lo, hi, reverse)
-
-    def fetch_range(
-        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        """(key, window_start_ms, value) of keys in [key_from, key_to] (None: unbounded) and
-        starts in [from, to], in (key, start) order."""
-        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, False)
-
-    def backward_fetch_range(
-        self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        return self._fetch_keys(key_from, key_to, time_from_ms, time_to_ms, True)
-
-    def fetch_all(self, time_from_ms: int, time_to_ms: int) -> Iterator[tuple[bytes, int, bytes]]:
-        """(key, window_start_ms, value) of every window starting in [from, to], in (key, start)
-        order. This reads the live segments overlapping [from, to] whole and filters by time."""
-        return self._fetch_keys(None, None, time_from_ms, time_to_ms, False)
-
-    def backward_fetch_all(
-        self, time_from_ms: int, time_to_ms: int
-    ) -> Iterator[tuple[bytes, int, bytes]]:
-        return self._fetch_keys(None, None, time_from_ms, time_to_ms, True)
-
-    def all(self) -> Iterator[tuple[bytes, int, bytes]]:
-        """Every retained window, in (key, start) order."""
-        return self._fetch_keys(None, None, 0, wk.MAX_TIME, False)
 
     def _fetch_keys(
         self, key_from: bytes | None, key_to: bytes | None, time_from_ms: int, time_to_ms: int,
@@ -167,7 +132,7 @@ class WindowStoreImpl(TimedStore):
         self.close()
 
 
-class SessionStoreImpl(TimedStore):
+class SessionStoreImpl(SessionQueries, TimedStore):
     """A session store: values per (key, session start, session end), retained by stream time
     measured on session ends."""
 
@@ -214,23 +179,6 @@ class SessionStoreImpl(TimedStore):
             return None
         return self._kv.get(self._key(key, s, e))
 
-    def find_sessions(
-        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
-    ) -> Iterator[tuple[int, int, bytes]]:
-        """(start_ms, end_ms, value) of `key`'s sessions with end >= earliest_session_end_ms and
-        start <= latest_session_start_ms, ordered by (end, start). earliest_end may exceed
-        latest_start: that finds the sessions spanning [latest_start, earliest_end]."""
-        return self._find(key, earliest_session_end_ms, latest_session_start_ms, False)
-
-    def backward_find_sessions(
-        self, key: bytes, earliest_session_end_ms: int, latest_session_start_ms: int
-    ) -> Iterator[tuple[int, int, bytes]]:
-        return self._find(key, earliest_session_end_ms, latest_session_start_ms, True)
-
-    def fetch(self, key: bytes) -> Iterator[tuple[int, int, bytes]]:
-        """Every retained session of `key`, ordered by (end, start)."""
-        return self._find(key, 0, wk.MAX_TIME, False)
-
     def _find(
         self, key: bytes, earliest_end: int, latest_start: int, reverse: bool
     ) -> Iterator[tuple[int, int, bytes]]:
@@ -257,24 +205,6 @@ class SessionStoreImpl(TimedStore):
             s, e = wk.session_times(k)
             if s <= latest_start:
                 yield s, e, v
-
-    def find_sessions_range(
-        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
-        latest_session_start_ms: int,
-    ) -> Iterator[tuple[bytes, int, int, bytes]]:
-        """(key, start_ms, end_ms, value) of the sessions of keys in [key_from, key_to] (None:
-        unbounded) matching as in `find_sessions`, ordered by (key, end, start)."""
-        return self._find_keys(
-            key_from, key_to, earliest_session_end_ms, latest_session_start_ms, False
-        )
-
-    def backward_find_sessions_range(
-        self, key_from: bytes | None, key_to: bytes | None, earliest_session_end_ms: int,
-        latest_session_start_ms: int,
-    ) -> Iterator[tuple[bytes, int, int, bytes]]:
-        return self._find_keys(
-            key_from, key_to, earliest_session_end_ms, latest_session_start_ms, True
-        )
 
     def _find_keys(
         self, key_from: bytes | None, key_to: bytes | None, earliest_end: int,
