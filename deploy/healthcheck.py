@@ -18,7 +18,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_PORT = 7070  # the port of tierstore.server.config.DEFAULT_LISTEN (tests/test_deploy.py)
+DEFAULT_PORT = 7070  # the port of tierstore.server.config.DEFAULT_LISTEN (tests/deploy_checks.py)
 SERVICE = ""  # overall health; the store service itself is "tierstore.v1.StateStore"
 TIMEOUT_S = 3.0
 _WILDCARDS = {"", "0.0.0.0", "::", "[::]", "*"}

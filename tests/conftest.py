@@ -1,4 +1,6 @@
-"""Shared fixtures: real brokers and S3 servers on free loopback ports (see tests/infra.py)."""
+"""Shared fixtures: real brokers and S3 servers on free loopback ports (see tests/infra.py), the
+code and deploy/ as the deploy tests compare them (tests/deploy_model.py), and the server the
+wire-error tests share (tests/wirehelp.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.deploy_model import Code, Deploy, load_deploy, real_code
 from tests.infra import Broker, S3Server, moto_s3, tansu
+from tests.wirehelp import MAX_VALUE, Wire, fresh, serving
 
 
 @pytest.fixture
@@ -32,3 +36,35 @@ def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
     bucket = f"{name}-{uuid.uuid4().hex[:8]}"
     s3_server.create_bucket(bucket)
     return bucket
+
+
+# --- tests/test_deploy_*.py -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def code() -> Code:
+    return real_code()
+
+
+@pytest.fixture(scope="module")
+def dep() -> Deploy:
+    return load_deploy()
+
+
+# --- tests/test_wire_errors_*.py --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
+    """One server for all the wire-error modules (as when they were one module, so that
+    test_wire_errors_transport.py, which runs last, checks the server every one of them used),
+    with a small max_value_bytes so oversized values are cheap."""
+    with serving(tmp_path_factory.mktemp("wire"), max_value_bytes=MAX_VALUE) as w:
+        yield w
+
+
+@pytest.fixture
+def kv(wire: Wire) -> tuple[str, int]:
+    """A fresh KV store (1 partition), claimed: (name, epoch)."""
+    name = fresh("kv")
+    return name, int(wire.open(name).epoch)

@@ -1,0 +1,60 @@
+"""The client library turns the wire's error statuses into its own error classes, each with the
+gRPC error as its cause, against the shared server of the `wire` fixture (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from tests.wirehelp import ABORTED, FENCED, INVALID, MAX_VALUE, NOT_FOUND, Wire, fresh
+from tierstore.client import connect, errors
+from tierstore.v1 import store_pb2 as pb
+
+
+def test_client_library_error_classes(wire: Wire) -> None:
+    def cause(exc: BaseException, code: grpc.StatusCode) -> None:
+        assert isinstance(exc.__cause__, grpc.RpcError)
+        assert exc.__cause__.code() == code
+
+    with connect(wire.target) as client:
+        name = fresh("client")
+        kv = client.key_value_store(name, num_partitions=2)
+
+        with pytest.raises(errors.InvalidArgumentError, match="2 partitions") as inv:
+            client.key_value_store(name, num_partitions=3)
+        cause(inv.value, INVALID)
+        with pytest.raises(errors.InvalidArgumentError, match="partition 5") as inv:
+            client.key_value_store(name, partition=5)
+        cause(inv.value, INVALID)
+        kv.put(b"big", b"v" * (MAX_VALUE + 1))  # under the client's default limit
+        with pytest.raises(errors.InvalidArgumentError, match=str(MAX_VALUE)) as inv:
+            kv.commit({"in:0": 1})
+        cause(inv.value, INVALID)
+        kv.close()
+
+        with pytest.raises(errors.StoreNotFoundError, match="does not exist") as nf:
+            client.reader(fresh("nope"))
+        cause(nf.value, NOT_FOUND)
+
+        old = client.key_value_store(name)
+        new = client.key_value_store(name)
+        old.put(b"k", b"stale")
+        with pytest.raises(errors.FencedError, match="fenced") as fenced:
+            old.commit({"in:0": 9})
+        cause(fenced.value, FENCED)
+        assert new.get(b"k") is None
+        assert client.reader(name).get(b"k") is None
+
+        # Staged writes lost on the server (here: the shard was released under the handle).
+        lossy = client.key_value_store(name, buffer_max_entries=1)
+        lossy.put(b"k", b"v")  # moves to the server as a staged batch
+        wire.call("Close", pb.CloseRequest(store=name, partition=0, epoch=lossy.epoch))
+        with pytest.raises(errors.AbortedError, match="staged") as aborted:
+            lossy.commit({"in:0": 1})
+        cause(aborted.value, ABORTED)
+        assert client.reader(name).get(b"k") is None
+
+        for exc in (inv.value, nf.value, fenced.value, aborted.value):
+            assert isinstance(exc, errors.StateStoreError)
+    wire.assert_serving()
