@@ -73,3 +73,26 @@ def test_cli_rejects_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["nope", "--size", "small"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.kafka
+def test_ab_write_runs_both_trees(capsys: pytest.CaptureFixture[str]) -> None:
+    """The write A/B tool (bench.ab_write): this tree against itself, one small round."""
+    from bench.ab_write import main as ab_write
+
+    root = str(Path(__file__).resolve().parent.parent)
+    assert ab_write(["--old", root, "--new", root, "--rounds", "1", "--keys", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "round 0: old" in out and "median per-round new/old" in out
+
+
+def test_ab_read_runs_both_trees(tmp_path: Path) -> None:
+    """The read A/B tool (bench.ab_read): this tree against itself and the echo floor."""
+    from bench.ab_read import main as ab_read
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out = tmp_path / "ab.json"
+    assert ab_read(["--old", root, "--new", root, "--keys", "2000", "--rounds", "1",
+                    "--per-round", "20", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc and all(math.isfinite(n) and n > 0 for n in _numbers(doc))
