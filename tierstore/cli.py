@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tierstore import __version__
 
+if TYPE_CHECKING:
+    from tierstore.commands.common import SubParsers
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def _serve_parser(sub: SubParsers) -> None:
     from tierstore.server.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
     p = sub.add_parser(

@@ -13,11 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-Command = Callable[[argparse.Namespace], int]
+from tierstore.commands.common import Command, ServerFlags, SubParsers
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser("bench", add_help=False,
                        help="run the benchmarks (python -m bench; `tierstore bench --help`)")
     p.add_argument("args", nargs=argparse.REMAINDER)

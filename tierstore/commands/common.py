@@ -12,7 +12,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tqdm import tqdm
 
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from tierstore.server.hottier import HotTier
 
 OK, FAILED, USAGE = 0, 1, 2
+
+# What each command module's add_parser takes and returns (tierstore.cli collects them).
+Command = Callable[[argparse.Namespace], int]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # not at runtime
+ServerFlags = Callable[[argparse.ArgumentParser], None]
 
 
 class CommandError(Exception):

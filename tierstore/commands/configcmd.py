@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
-Command = Callable[[argparse.Namespace], int]
+from tierstore.commands.common import Command, ServerFlags, SubParsers
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser("config", help="show the effective server configuration",
                        description="Configuration commands.")
     actions = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -26,15 +26,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tierstore.commands.common import (
     OK,
     USAGE,
+    Command,
     CommandError,
     Progress,
+    ServerFlags,
+    SubParsers,
     add_object_store_args,
     add_output_args,
     offline_hot_tier,
@@ -43,11 +45,8 @@ from tierstore.commands.common import (
     table,
 )
 
-Command = Callable[[argparse.Namespace], int]
 
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser("fork", help="create a new store from another store's state at a point",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

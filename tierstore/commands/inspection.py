@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from typing import Any
 
 from tierstore.commands.common import (
     OK,
+    Command,
     CommandError,
     Progress,
+    ServerFlags,
+    SubParsers,
     add_output_args,
     add_server_args,
     client_of,
@@ -28,11 +30,8 @@ from tierstore.commands.common import (
     table,
 )
 
-Command = Callable[[argparse.Namespace], int]
 
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser(
         "inspect", help="show the shards of a running server, or the snapshots in an object store",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tierstore.commands.common import (
     OK,
+    Command,
     CommandError,
     Progress,
+    ServerFlags,
+    SubParsers,
     add_object_store_args,
     add_output_args,
     offline_hot_tier,
@@ -30,11 +32,8 @@ from tierstore.commands.common import (
     run_guarded,
 )
 
-Command = Callable[[argparse.Namespace], int]
 
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser("restore", help="restore a shard offline from snapshots + changelog",
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from tierstore.commands.common import (
     FAILED,
     OK,
+    Command,
     CommandError,
     Progress,
+    ServerFlags,
+    SubParsers,
     add_output_args,
     add_server_args,
     client_of,
@@ -20,11 +22,8 @@ from tierstore.commands.common import (
     table,
 )
 
-Command = Callable[[argparse.Namespace], int]
 
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               server_flags: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_parser(sub: SubParsers, server_flags: ServerFlags) -> dict[str, Command]:
     p = sub.add_parser(
         "snapshot", help="force a snapshot of a store or one shard",
         description="Snapshot STORE/PARTITION now (restoring the shard on that server first if "
