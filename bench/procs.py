@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.infra import S3_ENV
+from tests.infra import S3_ENV, kill9, terminate
 from tierstore.client import Client, connect
 
 
@@ -82,17 +82,10 @@ class Server:
         return c
 
     def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        kill9(self.proc, 30.0)
 
     def terminate(self, timeout_s: float = 120.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        terminate(self.proc, timeout_s)
 
     def close(self) -> None:
         self.kill9()

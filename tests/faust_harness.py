@@ -8,7 +8,6 @@ import os
 import queue
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from tests.infra import kill9, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,16 +130,10 @@ class Worker:
         return found
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        terminate(self.proc, timeout_s)
         self._log.close()
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -49,14 +50,28 @@ def tansu_binary() -> Path:
     return path
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def kill9(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> int:
+    """SIGKILL the process if it still runs, and reap it; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=timeout_s)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float, then_kill: bool = True) -> int:
+    """SIGTERM (if it still runs) and wait up to `timeout_s`; a process still running then is
+    killed (`then_kill`) or the wait's TimeoutExpired raised. Its exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        if not then_kill:
+            raise
+        return kill9(proc, 5.0)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    terminate(proc, 5.0)
 
 
 @dataclass

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.infra import S3_ENV
+from tests.infra import S3_ENV, kill9, terminate
 from tierstore.client import Client, connect
 
 
@@ -81,14 +80,11 @@ class ServerProc:
         return c
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def terminate(self, timeout: float = 60.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        return terminate(self.proc, timeout, then_kill=False)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill9()
+        kill9(self.proc)
         self._log.close()

@@ -20,7 +20,7 @@ import pytest
 from tests.infra import Broker, S3Server, free_port
 from tests.serverproc import ServerProc
 from tierstore.client import connect, errors, partition_for
-from tierstore.server.cluster import placement
+from tierstore.server.cluster import placement, wait_until
 from tierstore.v1 import store_pb2 as pb
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
@@ -55,12 +55,8 @@ class Cluster:
     def wait_formed(self, timeout_s: float = 30.0) -> None:
         """Until every server sees all three (each logs its live set when it changes)."""
         want = "live servers: " + ", ".join(sorted(self.addresses))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(want in p.log() for p in self.procs.values()):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("the servers never all saw each other")
+        if not wait_until(lambda: all(want in p.log() for p in self.procs.values()), timeout_s):
+            raise TimeoutError("the servers never all saw each other")
 
     def close(self) -> None:
         for p in self.procs.values():

@@ -7,7 +7,6 @@ tests/test_window_worker.py, with a real broker.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tierstore.client import InMemoryKeyValueStore, LocalKeyValueStore, connect,
 from tierstore.client.buffered import BufferedKeyValueStore
 from tierstore.server import errors as server_errors
 from tierstore.server.app import RunningServer, create_server
+from tierstore.server.cluster import wait_until
 from tierstore.server.config import ServerConfig
 from tierstore.server.specs import StoreSpec, reconcile
 from tierstore.v1 import store_pb2 as pb
@@ -82,11 +82,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path, server: RunningServer
 
 def eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
     """Poll `check` until it holds, failing after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s}s")
-        time.sleep(0.02)
+    assert wait_until(check, timeout_s, 0.02), f"not true within {timeout_s}s"
 
 
 def test_default_and_per_put_ttl_expire_invisibly(opener: Opener) -> None:

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from tests.infra import Broker, S3Server
 from tests.serverproc import ServerProc
 from tierstore.client import KeyValueStore, errors
+from tierstore.server.cluster import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -63,17 +64,12 @@ def start(tmp_path: Path, name: str, cluster: dict[str, str], *extra: str) -> Se
 def _wait_for_manifest(
     s3_server: S3Server, cluster: dict[str, str], store: str, partition: int
 ) -> bool:
-    import time
-
     bucket, _, prefix = cluster["object_store"].removeprefix("s3://").partition("/")
     s3 = s3_server.client()
     key_prefix = f"{prefix}/shards/{store}/{partition}/manifests/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if s3.list_objects_v2(Bucket=bucket, Prefix=key_prefix).get("KeyCount", 0):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(
+        lambda: bool(s3.list_objects_v2(Bucket=bucket, Prefix=key_prefix).get("KeyCount", 0)), 60
+    )
 
 
 def test_kill9_between_commits_restores_on_empty_data_dir(

@@ -22,7 +22,6 @@ import os
 import queue
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.infra import Broker, S3Server
+from tests.infra import Broker, S3Server, kill9, terminate
 from tests.serverproc import ServerProc
 from tierstore import windowkeys as wk
 from tierstore.client import LocalKeyValueStore, partition_for
@@ -191,12 +190,10 @@ class WorkerProc:
         return {p: min(t, w) for p, t, w in self.claims()}
 
     def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=60)
+        rc = terminate(self.proc, 60.0, then_kill=False)
         self.drain()
         return rc
 

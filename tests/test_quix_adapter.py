@@ -28,8 +28,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.infra import Broker, S3Server
+from tests.infra import Broker, S3Server, kill9, terminate
 from tests.serverproc import ServerProc
+from tierstore.server.cluster import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 pytest.importorskip("quixstreams", reason="the Quix tests run in .venv-quix (make test)")
@@ -38,14 +39,6 @@ RECORDS = 6000
 WORDS = 150
 PARTITIONS = 2
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
 
 
 def create_topics(bootstrap: str, *names: str) -> None:
@@ -157,7 +150,8 @@ class Worker:
                                      f"{self.log()}")
             return False
 
-        wait_until(check, timeout_s, what)
+        if not wait_until(check, timeout_s):
+            raise TimeoutError(f"{what}: not within {timeout_s}s")
 
     def log(self, tail: int = 3000) -> str:
         if not self._log.closed:
@@ -165,18 +159,10 @@ class Worker:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def kill9(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc, 20.0)
         self._log.close()
 
 
@@ -208,7 +194,8 @@ def run_kill9_scenario(
     first = Worker(tmp_path / f"{name}-1.log", *args(tmp_path / f"{name}-state-1"), *extra)
     try:
         if kill_at_flush:
-            wait_until(lambda: not first.alive(), 60, "the worker killing itself in a flush")
+            assert wait_until(lambda: not first.alive(), 60), \
+                "the worker killing itself in a flush: not within 60s"
             assert first.proc.returncode == -signal.SIGKILL, first.log()
         else:
             first.wait(lambda: first.progress >= RECORDS // 2, 60, "half the input processed")

@@ -34,6 +34,7 @@ from tierstore.client import (
 )
 from tierstore.client.reader import scan
 from tierstore.server.app import RunningServer, create_server
+from tierstore.server.cluster import wait_until
 from tierstore.server.config import ServerConfig
 from tierstore.v1 import store_pb2 as pb
 
@@ -347,9 +348,8 @@ def test_waiting_reads_leave_threads_for_commits(tmp_path: Path) -> None:
             readers = [threading.Thread(target=read) for _ in range(6)]
             for t in readers:
                 t.start()
-            deadline = time.monotonic() + 5
-            while srv.service.reads._slots._value > 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-                time.sleep(0.01)
+            slots = srv.service.reads._slots
+            wait_until(lambda: slots._value <= 0, 5, 0.01)  # type: ignore[attr-defined]
             # Both slots taken: one more waiting read is refused at once, with the marker.
             with grpc.insecure_channel(target) as ch:
                 from tierstore.v1 import store_pb2_grpc

@@ -4,7 +4,6 @@ evicted; their next use restores them. Real server subprocess, real S3 server (m
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from tests.infra import S3Server
 from tests.serverproc import ServerProc
 from tierstore.client import connect, partition_for
+from tierstore.server.cluster import wait_until
 from tierstore.server.tiering import dir_bytes
 
 pytestmark = pytest.mark.s3
@@ -46,9 +46,7 @@ def test_max_local_bytes_keeps_disk_under_budget_and_every_key_readable(
             kv.commit({f"in:{p}": len(by_part[p])})
             kv.close()
         shards = data / "shards"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and dir_bytes(shards) > budget:
-            time.sleep(0.1)
+        wait_until(lambda: dir_bytes(shards) <= budget, 60, 0.1)
         settled = dir_bytes(shards)
         assert settled <= budget, f"local bytes {settled} never fell under the budget {budget}"
         assert "evicted" in srv.log()
@@ -60,9 +58,7 @@ def test_max_local_bytes_keeps_disk_under_budget_and_every_key_readable(
             assert reader.multi_get(keys) == [reference[k] for k in keys]
             peak = max(peak, dir_bytes(shards))
         assert dict(reader.all()) == reference
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and dir_bytes(shards) > budget:
-            time.sleep(0.1)
+        wait_until(lambda: dir_bytes(shards) <= budget, 60, 0.1)
         final = dir_bytes(shards)
         print(f"\nstate {total_state} bytes in {PARTITIONS} shards, budget {budget} bytes: "
               f"local {settled} bytes after loading, peak {peak} while reading every shard "

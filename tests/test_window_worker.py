@@ -29,6 +29,7 @@ from tests.windowworker import (
 )
 from tierstore import windowkeys as wk
 from tierstore.client import Client, SessionStoreImpl, WindowStoreImpl
+from tierstore.server.cluster import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
@@ -91,12 +92,10 @@ def test_window_and_session_counts_survive_kill9_and_restore_on_empty_dir(
         kv.put_all((b"short-%d" % i, b"x") for i in range(20))
         kv.put(b"long", b"kept", ttl_ms=3_600_000)
         kv.commit({"events:0": kill_at})
-        deadline = time.monotonic() + 60  # expiry 0.3 s + the sweep's 5 s grace + 1 s ticks
-        while any(v is not None for k, v in last_values(
-                broker.bootstrap, "tierstore-sessions-ttl-changelog").items()
-                if k.startswith(b"short-")):
-            assert time.monotonic() < deadline, "the server never swept the expired keys"
-            time.sleep(0.2)
+        # expiry 0.3 s + the sweep's 5 s grace + 1 s ticks
+        assert wait_until(lambda: all(v is None for k, v in last_values(
+            broker.bootstrap, "tierstore-sessions-ttl-changelog").items()
+            if k.startswith(b"short-")), 60, 0.2), "the server never swept the expired keys"
     finally:
         a.kill9()
         a.close()

@@ -36,16 +36,6 @@ def size(quick: int, long: int) -> int:
     return long if LONG else quick
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
-               every_s: float = 0.02) -> None:
-    """Poll `predicate` until it holds, or fail naming `what` (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s}s")
-        time.sleep(every_s)
-
-
 @dataclass
 class Figures:
     """A drill's figures; `report()` prints them (run pytest with -s to see them)."""

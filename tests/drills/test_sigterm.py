@@ -13,12 +13,12 @@ import ctypes
 import os
 import platform
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.serverproc import ServerProc
+from tierstore.server.cluster import wait_until
 
 TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
 
@@ -37,9 +37,7 @@ def test_sigterm_to_any_thread_shuts_the_server_down(tmp_path: Path) -> None:
         assert others, "the server has no threads besides the main one"
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.syscall(TGKILL, pid, others[-1], signal.SIGTERM) == 0
-        deadline = time.monotonic() + 20
-        while server.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: server.proc.poll() is not None, 20)
         assert server.proc.poll() == 0, "SIGTERM was ignored: no graceful shutdown"
         assert "signal 15: shutting down" in server.log()
     finally:
