@@ -169,6 +169,13 @@ def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    """A counter without labels, with its one value."""
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
 class StateCollector(Collector):
     """Gauges read from the service at scrape time."""
 
@@ -194,11 +201,9 @@ class StateCollector(Collector):
         memtables = _gauge("tierstore_memtable_usage_bytes", "RocksDB memtables in use "
                            "(counted against the write buffer budget)")
         memtables.add_metric([], st.memtable_usage_bytes)
-        taken = CounterMetricFamily("tierstore_snapshots_taken", "Snapshots taken")
-        taken.add_metric([], st.snapshots_taken)
-        failed = CounterMetricFamily("tierstore_snapshots_failed", "Background snapshots that "
-                                     "failed (retried later)")
-        failed.add_metric([], st.snapshots_failed)
+        taken = _counter("tierstore_snapshots_taken", "Snapshots taken", st.snapshots_taken)
+        failed = _counter("tierstore_snapshots_failed", "Background snapshots that failed "
+                          "(retried later)", st.snapshots_failed)
         yield from (open_shards, hot_total, cache, capacity, memtables, taken, failed)
         yield from self._cache_lookups()
 
@@ -251,13 +256,11 @@ class StateCollector(Collector):
             g = _gauge(f"tierstore_restore_{name}", doc)
             g.add_metric([], math.nan if value is None else value)
             yield g
-        triggered = CounterMetricFamily("tierstore_restore_target_snapshots", "Snapshots taken "
-                                        "because a shard's predicted restore time neared the "
-                                        "target")
-        triggered.add_metric([], rt.snapshots_triggered)
-        calibrations = CounterMetricFamily("tierstore_restore_calibrations", "Calibration "
-                                           "restores (a scratch copy of a shard, timed)")
-        calibrations.add_metric([], rt.calibrations)
+        triggered = _counter("tierstore_restore_target_snapshots", "Snapshots taken because a "
+                             "shard's predicted restore time neared the target",
+                             rt.snapshots_triggered)
+        calibrations = _counter("tierstore_restore_calibrations", "Calibration restores (a "
+                                "scratch copy of a shard, timed)", rt.calibrations)
         yield from (predicted, triggered, calibrations)
 
     def _cache_lookups(self) -> Iterator[Metric]:
@@ -266,12 +269,10 @@ class StateCollector(Collector):
         counts = self.svc.hot.block_cache_counts()
         if counts is None:
             return
-        hits = CounterMetricFamily("tierstore_block_cache_hits", "RocksDB block-cache lookups "
-                                   "that found the block (every shard, since start)")
-        hits.add_metric([], counts.hits)
-        misses = CounterMetricFamily("tierstore_block_cache_misses", "RocksDB block-cache "
-                                     "lookups that read the block from disk")
-        misses.add_metric([], counts.misses)
+        hits = _counter("tierstore_block_cache_hits", "RocksDB block-cache lookups that found "
+                        "the block (every shard, since start)", counts.hits)
+        misses = _counter("tierstore_block_cache_misses", "RocksDB block-cache lookups that read "
+                          "the block from disk", counts.misses)
         ratio = _gauge("tierstore_block_cache_hit_ratio", "hits / (hits + misses) since start "
                        "(NaN before any lookup); for a recent ratio use rate() of the counters")
         ratio.add_metric([], counts.hit_ratio)
