@@ -201,8 +201,6 @@ class StoreService:
 
     def get(self, store: str, partition: int, epoch: int, keys: Sequence[bytes],
             fresh: ReadFreshness | None = None) -> list[bytes | None]:
-        if fresh is None:  # a plain read (the common case): straight to the owned shard
-            return self._owned(store, partition).get_many(epoch, keys)
         return self.reads.shard(store, partition, epoch, fresh).get_many(epoch, keys)
 
     def scan(
