@@ -100,8 +100,9 @@ class BufferedKeyValueStore:
         return the merged committed offsets."""
         raise NotImplementedError
 
-    def _after_write(self) -> None:
-        """Called after each buffered write (the remote store stages on overflow here)."""
+    def _after_write(self, size: int) -> None:
+        """Called after each buffered write of `size` bytes (key plus value; the remote store
+        stages on overflow here)."""
 
     def _backend_close(self) -> None:
         pass
@@ -153,6 +154,14 @@ class BufferedKeyValueStore:
     def put(self, key: bytes, value: bytes | None, ttl_ms: int | None = None) -> None:
         """Buffer a write of `key` (None deletes it). On a TTL store `ttl_ms` overrides the
         store's default TTL for this value; a store without TTL refuses it."""
+        if (type(key) is bytes and type(value) is bytes and ttl_ms is None
+                and not self._closed and not self._ttl_ms and 0 < (nk := len(key)) <= MAX_KEY_BYTES
+                and (nv := len(value)) <= self._max_value):
+            # The common case, all of its checks in one test (a put is the per-record hot
+            # path of every worker); everything else takes the checked path below.
+            self._writes[key] = value
+            self._after_write(nk + nv)
+            return
         self._check_open()
         check_key(key)
         if ttl_ms is not None:
@@ -174,7 +183,7 @@ class BufferedKeyValueStore:
             if self._ttl_ms:
                 value = ttlcodec.encode(value, ttl_ms or self._ttl_ms, self.clock())
         self._writes[key] = value
-        self._after_write()
+        self._after_write(len(key) + (len(value) if value is not None else 0))
 
     def put_all(self, entries: Iterable[tuple[bytes, bytes | None]]) -> None:
         for k, v in entries:
@@ -189,7 +198,7 @@ class BufferedKeyValueStore:
     def delete(self, key: bytes) -> bytes | None:
         old = self.get(key)
         self._writes[key] = None
-        self._after_write()
+        self._after_write(len(key))
         return old
 
     def delete_range(self, begin: bytes, end: bytes) -> None:
@@ -266,19 +275,20 @@ class BufferedKeyValueStore:
         now = self.clock()
         self._last_sweep = now
         w, ranges = self._writes, self._ranges
-        found = 0
+        found = size = 0
         resume: bytes | None = None
         scan = self._backend_scan(self._sweep_from, None, None, False)
         for seen, (k, raw) in enumerate(scan, 1):
             if k not in w and ttlcodec.expires_at(raw) <= now and not in_ranges(k, ranges):
                 w[k] = None
                 found += 1
+                size += len(k)
             if seen >= budget:
                 resume = k + b"\x00"
                 break
         self._sweep_from = resume
         if found:
-            self._after_write()
+            self._after_write(size)
         return found
 
     def commit(self, offsets: dict[str, int] | None = None) -> dict[str, int]:

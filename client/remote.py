@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -305,8 +305,9 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         )
         return int(resp.approximate_num_entries)
 
-    def _after_write(self) -> None:
-        self._buf_bytes += 64  # a cheap estimate; recounted when it crosses the bound
+    def _after_write(self, size: int) -> None:
+        # A running sum (a rewritten key counts twice); recounted when it crosses the bound.
+        self._buf_bytes += size
         if (len(self._writes) >= self._buf_max_entries
                 or self._buf_bytes >= self._buf_max_bytes):
             actual = sum(len(k) + len(v or b"") for k, v in self._writes.items())
@@ -318,9 +319,13 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         self, writes: dict[bytes, bytes | None], ranges: Ranges | None = None
     ) -> pb.WriteBatch:
         ranges = ranges or []
-        pk = [k for k, v in writes.items() if v is not None]
-        pv = [v for v in writes.values() if v is not None]
-        dk = [k for k, v in writes.items() if v is None]
+        values = list(writes.values())
+        if None in values:
+            pk = [k for k, v in writes.items() if v is not None]
+            pv = [v for v in values if v is not None]
+            dk = [k for k, v in writes.items() if v is None]
+        else:  # puts only (the common case): the dict's own order, no per-key test
+            pk, pv, dk = list(writes), cast("list[bytes]", values), []
         return pb.WriteBatch(put_keys=pk, put_values=pv, delete_keys=dk,
                              range_begin=[b for b, _ in ranges], range_end=[e for _, e in ranges])
 

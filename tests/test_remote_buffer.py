@@ -57,6 +57,22 @@ def test_overflow_is_staged_visible_to_owner_only_and_committed_whole(
     assert kv2.committed_offsets == {"t:0": 2}
 
 
+def test_the_byte_bound_counts_value_sizes(server: RunningServer) -> None:
+    """Large values stage once the buffered bytes reach buffer_max_bytes, not after thousands
+    of them (the buffer's memory is what the bound is for)."""
+    client = connect(f"127.0.0.1:{server.port}")
+    kv = client.key_value_store("big", buffer_max_bytes=4 << 20)
+    value = bytes(512 * 1024)
+    for i in range(40):  # 20 MiB in all
+        kv.put(b"k%02d" % i, value)
+        buffered = sum(len(k) + len(v or b"") for k, v in kv._writes.items())
+        assert buffered < (4 << 20) + len(value) + 16, f"{buffered} bytes buffered after {i + 1}"
+    assert kv._staged >= 4
+    kv.commit({"t:0": 1})
+    assert client.reader("big").get(b"k39") == value
+    assert len(list(client.reader("big").all())) == 40
+
+
 def test_staged_writes_lost_in_a_restart_abort_the_commit(tmp_path: Path) -> None:
     cfg = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data")
     srv = create_server(cfg)
