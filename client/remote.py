@@ -17,6 +17,7 @@ import grpc
 from tierstore.client._grpc import rpc, translate
 from tierstore.client.buffered import BufferedKeyValueStore, Ranges, check_ttl, in_ranges
 from tierstore.client.errors import (
+    AbortedError,
     FencedError,
     StateStoreError,
     StoreClosedError,
@@ -347,12 +348,21 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
             )
         except grpc.RpcError as exc:
             err = translate(exc)
-            if isinstance(err, FencedError):
-                self._closed = True
+            if isinstance(err, FencedError | AbortedError):
+                self._close_after(err)
             raise err from exc
         self._staged += 1
         self._writes = keep
         self._buf_bytes = 0
+
+    def _close_after(self, err: StateStoreError) -> None:
+        # Fenced: another owner has the shard. Aborted: the server dropped this commit's
+        # staged writes, so reads through this handle would miss them and no later commit
+        # could succeed. Either way nothing of the batch was applied: reopen.
+        self._closed = True
+        self._closed_why = (
+            f"{self.name}/{self.partition}: {err}; nothing of the uncommitted writes was "
+            "applied: reopen the store and resume from its committed_offsets")
 
     def _backend_commit(
         self, writes: dict[bytes, bytes | None], offsets: dict[str, int], ranges: Ranges
@@ -369,8 +379,8 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
                                 retry_unavailable=True)
         except grpc.RpcError as exc:
             err = translate(exc)
-            if isinstance(err, FencedError):
-                self._closed = True
+            if isinstance(err, FencedError | AbortedError):
+                self._close_after(err)
             elif isinstance(err, UnavailableError) or type(err) is StateStoreError:
                 # No answer: the commit may have been applied. Its number must not carry other
                 # writes (the server would take them for a retry of it and apply nothing), so
