@@ -162,6 +162,14 @@ class BufferedKeyValueStore:
             self._writes[key] = value
             self._after_write(nk + nv)
             return
+        self._check_write(key, value, ttl_ms)
+        if value is not None and self._ttl_ms:
+            value = ttlcodec.encode(value, ttl_ms or self._ttl_ms, self.clock())
+        self._writes[key] = value
+        self._after_write(len(key) + (len(value) if value is not None else 0))
+
+    def _check_write(self, key: bytes, value: bytes | None, ttl_ms: int | None = None) -> None:
+        """Raise what `put(key, value, ttl_ms)` would refuse, buffering nothing."""
         self._check_open()
         check_key(key)
         if ttl_ms is not None:
@@ -180,13 +188,14 @@ class BufferedKeyValueStore:
                     f"value of {len(value)} bytes exceeds the maximum of {limit}"
                     + (" (the maximum less the 8-byte expiry header)" if self._ttl_ms else "")
                 )
-            if self._ttl_ms:
-                value = ttlcodec.encode(value, ttl_ms or self._ttl_ms, self.clock())
-        self._writes[key] = value
-        self._after_write(len(key) + (len(value) if value is not None else 0))
 
     def put_all(self, entries: Iterable[tuple[bytes, bytes | None]]) -> None:
-        for k, v in entries:
+        """Buffer every entry, or none: a bad entry anywhere is refused before any is
+        buffered (a later commit must not carry part of a refused put_all)."""
+        batch = list(entries)
+        for k, v in batch:
+            self._check_write(k, v)
+        for k, v in batch:
             self.put(k, v)
 
     def put_if_absent(self, key: bytes, value: bytes, ttl_ms: int | None = None) -> bytes | None:

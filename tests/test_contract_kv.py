@@ -198,3 +198,14 @@ def test_context_manager_and_closed_handle(reopen: Factory) -> None:
         kv.commit()
     with pytest.raises(errors.StoreClosedError):
         kv.get(b"a")
+
+
+def test_put_all_with_a_bad_entry_buffers_none_of_it(reopen: Factory) -> None:
+    kv = reopen()
+    kv.put(b"a", b"old")
+    for bad in [(b"", b"v"), (b"k" * 65537, b"v"), ("str", b"v"), (b"k", "str")]:
+        with pytest.raises(errors.InvalidArgumentError):
+            kv.put_all([(b"a", b"new"), (b"b", b"2"), bad])  # type: ignore[list-item]
+    assert kv.get(b"a") == b"old" and kv.get(b"b") is None
+    kv.commit()
+    assert list(kv.all()) == [(b"a", b"old")]
