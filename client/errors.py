@@ -40,7 +40,8 @@ class OffsetsNotReachedError(UnavailableError):
 
 class AbortedError(StateStoreError):
     """The commit could not be applied as sent (for example the server lost the writes staged
-    for it in a restart). Nothing was applied; reopen and reprocess from committed_offsets."""
+    for it in a restart). Nothing was applied and the handle is closed: reopen and reprocess
+    from committed_offsets."""
 
 
 class ResourceExhaustedError(StateStoreError):
