@@ -307,13 +307,17 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         return int(resp.approximate_num_entries)
 
     def _after_write(self, size: int) -> None:
-        # A running sum (a rewritten key counts twice); recounted when it crosses the bound.
+        # A running sum (a rewritten key counts again), measured exactly only when it crosses
+        # the bound. A buffer found at least 3/4 full is staged; one found below that keeps
+        # its measured size, so the next measurement is at least a quarter of the bound of
+        # writes away (overwrites near the bound would otherwise re-measure on every put).
         self._buf_bytes += size
         if (len(self._writes) >= self._buf_max_entries
                 or self._buf_bytes >= self._buf_max_bytes):
             actual = sum(len(k) + len(v or b"") for k, v in self._writes.items())
             self._buf_bytes = actual
-            if actual >= self._buf_max_bytes or len(self._writes) >= self._buf_max_entries:
+            if (actual >= self._buf_max_bytes - self._buf_max_bytes // 4
+                    or len(self._writes) >= self._buf_max_entries):
                 self._stage()
 
     def _batch(

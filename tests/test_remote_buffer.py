@@ -73,6 +73,35 @@ def test_the_byte_bound_counts_value_sizes(server: RunningServer) -> None:
     assert len(list(client.reader("big").all())) == 40
 
 
+class _CountingDict(dict[bytes, bytes | None]):
+    recounts = 0
+
+    def items(self):  # type: ignore[override]
+        _CountingDict.recounts += 1
+        return super().items()
+
+
+def test_overwrites_near_the_byte_bound_do_not_recount_the_buffer_each_time(
+    server: RunningServer,
+) -> None:
+    """A buffer just under buffer_max_bytes, then many overwrites of one key: the running
+    size estimate crosses the bound on each of them, but the whole buffer is re-measured
+    only now and then, not on every put (that made each put cost the buffer's size)."""
+    client = connect(f"127.0.0.1:{server.port}")
+    kv = client.key_value_store("recount", buffer_max_bytes=1 << 20)
+    value = bytes(10_000)
+    n = (1 << 20) // (len(value) + 8) - 1  # just under the bound
+    kv._writes = _CountingDict()
+    for i in range(n):
+        kv.put(b"k%06d" % i, value)
+    before = _CountingDict.recounts
+    for _ in range(2000):
+        kv.put(b"k000001", value)
+    assert _CountingDict.recounts - before <= 5
+    kv.commit({"t:0": 1})
+    assert len(list(client.reader("recount").all())) == n
+
+
 def test_staged_writes_lost_in_a_restart_abort_the_commit(tmp_path: Path) -> None:
     cfg = ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data")
     srv = create_server(cfg)
