@@ -112,7 +112,11 @@ class Evictor:
                     log.warning("not evicting %s: snapshot failed: %s", shard.name, exc)
                     return False
                 shard.broken = "evicted to object storage"
-                self.registry.unload(shard)
+                try:
+                    self.registry.unload(shard)
+                except StateStoreError as exc:  # e.g. a full disk at the final flush: the
+                    # database is closed anyway, and the snapshot just taken holds every commit
+                    log.warning("evicting %s: closing it failed: %s", shard.name, exc)
                 shutil.rmtree(self.registry.shard_dir(shard.spec.name, shard.partition),
                               ignore_errors=True)
         finally:

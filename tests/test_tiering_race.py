@@ -65,3 +65,31 @@ def test_a_load_racing_an_eviction_never_uses_the_directory_being_deleted(
         assert svc.get("race", 0, 0, [b"before", b"after"]) == [b"1", b"2"]
     finally:
         svc.shutdown(snapshot=False)
+
+
+def test_an_eviction_whose_close_fails_still_completes_and_does_not_raise(
+    tmp_path: Path,
+) -> None:
+    """Closing a shard can fail (a full disk at the final flush). Eviction closes it after a
+    successful snapshot, so nothing is lost; the error used to escape Evictor.evict and
+    run_once, and killed the service's ticker thread (no more interval snapshots, TTL sweeps
+    or evictions until a restart)."""
+    from tierstore.server.errors import UnavailableError
+
+    svc = _service(tmp_path)
+    try:
+        meta, spec = svc.open("full", 0, "kv", 1)
+        svc.commit("full", 0, meta.epoch, 1, 0, [b"k"], [b"v"], [], {"in:0": 1})
+        shard = svc.registry.shard(spec, 0)
+        close = shard.db.close
+
+        def failing_close() -> None:
+            close()
+            raise UnavailableError("closing shard: disk full on the data dir (test)")
+
+        shard.db.close = failing_close  # type: ignore[method-assign]
+        assert svc.evictor.evict(shard)
+        assert not svc.registry.shard_dir("full", 0).exists()
+        assert svc.get("full", 0, 0, [b"k"]) == [b"v"]  # restored from the snapshot
+    finally:
+        svc.shutdown(snapshot=False)
