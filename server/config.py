@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tierstore.server.hottier import HotTierConfig
 
@@ -32,6 +33,22 @@ def _host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _check_object_store_url(url: str) -> None:
+    """The rules of objectstore.open_object_store for the URLs a server accepts, checked
+    without opening anything (a bad URL is a configuration error, not a crash at start)."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/") \
+                or parts.query or parts.fragment:
+            raise ConfigError(f"object_store: expected file:///absolute/path, got {url!r}")
+    elif parts.scheme == "s3":
+        if not parts.netloc or "/" in parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(f"object_store: expected s3://bucket/prefix, got {url!r}")
+    else:
+        raise ConfigError(f"object_store: expected file:///path or s3://bucket/prefix, got "
+                          f"{url!r}")
 
 
 @dataclass(frozen=True)
@@ -107,10 +124,10 @@ class ServerConfig:
             raise ConfigError("snapshot_interval_s: must be positive")
         if self.max_value_bytes + 65536 > self.max_message_bytes:
             raise ConfigError("max_message_bytes: must exceed max_value_bytes + 64 KiB")
-        url = self.object_store_url()
-        if not (url.startswith("file://") or url.startswith("s3://")):
-            raise ConfigError(f"object_store: expected file:///path or s3://bucket/prefix, got "
-                              f"{url!r}")
+        if not self.snapshot_gc_grace_s >= 0:  # negative or NaN
+            raise ConfigError(f"snapshot_gc_grace_s: must be 0 or more, got "
+                              f"{self.snapshot_gc_grace_s}")
+        _check_object_store_url(self.object_store_url())
         self._check_security_files()
         self._check_operations()
         return self

@@ -201,9 +201,7 @@ class Registry:
             sh.settle()  # a commit being applied in the background may yet break it
             if not sh.broken:
                 return sh
-        with self._lock:
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:
+        with self.load_lock(spec.name, partition):
             with self._lock:
                 sh = self._shards.get(key)
             if sh is not None and sh.broken:
@@ -215,6 +213,13 @@ class Registry:
                 with self._lock:
                     self._shards[key] = sh
             return sh
+
+    def load_lock(self, store: str, partition: int) -> threading.Lock:
+        """The lock held while the shard is loaded (or reloaded) here. Whoever removes a
+        shard's files (eviction) holds it too, so a load never opens a directory being
+        deleted."""
+        with self._lock:
+            return self._loading.setdefault((store, partition), threading.Lock())
 
     def _load_tracked(self, spec: StoreSpec, partition: int) -> Shard:
         key = (spec.name, partition)

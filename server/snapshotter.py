@@ -39,6 +39,9 @@ class Snapshotter:
         self._queued: set[int] = set()
         self._qlock = threading.Lock()
         self._serials: dict[tuple[str, int], threading.Lock] = {}  # one snapshot at a time
+        # (store, partition) -> monotonic time of its last failed snapshot: the interval is
+        # counted from there for the retry, while shard.last_snapshot_at stays the last success
+        self._failed_at: dict[tuple[str, int], float] = {}
         self._thread = threading.Thread(target=self._run, name="snapshotter", daemon=True)
         self._thread.start()
         self.taken = 0
@@ -51,7 +54,9 @@ class Snapshotter:
             return False
         if shard.commits_since_snapshot >= self.policy.every_commits:
             return True
-        return time.monotonic() - shard.last_snapshot_at >= self.policy.interval_s
+        since = max(shard.last_snapshot_at,
+                    self._failed_at.get((shard.spec.name, shard.partition), 0.0))
+        return time.monotonic() - since >= self.policy.interval_s
 
     def maybe_schedule(self, shard: Shard) -> None:
         if self.is_due(shard):
@@ -96,8 +101,9 @@ class Snapshotter:
                             raise
                         meta = shard.meta
                         commits = shard.commits_since_snapshot
+                        previous_at = shard.last_snapshot_at
                         shard.commits_since_snapshot = 0
-                        shard.last_snapshot_at = time.monotonic()
+                        shard.last_snapshot_at = checkpointed_at = time.monotonic()
                         break
                 with serial:  # another snapshot of this shard is under way: wait for its end
                     pass
@@ -115,8 +121,16 @@ class Snapshotter:
                 serial.release()
                 with shard._lock:
                     shard.commits_since_snapshot += commits
+                    # no snapshot was taken: seconds_since_snapshot keeps counting from the
+                    # last one that was (unless a newer one succeeded meanwhile)
+                    if shard.last_snapshot_at == checkpointed_at:
+                        shard.last_snapshot_at = previous_at
+                with self._qlock:
+                    self._failed_at[(shard.spec.name, shard.partition)] = time.monotonic()
                 raise
             serial.release()
+            with self._qlock:
+                self._failed_at.pop((shard.spec.name, shard.partition), None)
             shard.snapshot_offset = manifest.changelog_offset
             shard.snapshot_bytes = manifest.total_bytes
             self.taken += 1

@@ -92,20 +92,35 @@ class Evictor:
         return EvictionReport(before, after, tuple(evicted))
 
     def evict(self, shard: Shard) -> bool:
-        """Snapshot the shard, close it and delete its local files. False if it was busy."""
-        with shard._lock:
-            if shard.broken or shard.db.closed or shard._stage:
-                return False
-            try:
-                if shard.commits_since_snapshot > 0 or not self._has_snapshot(shard):
-                    self.snapshotter.snapshot_now(shard)
-            except (StateStoreError, OSError) as exc:
-                log.warning("not evicting %s: snapshot failed: %s", shard.name, exc)
-                return False
-            shard.broken = "evicted to object storage"
-            self.registry.unload(shard)
-            shutil.rmtree(self.registry.shard_dir(shard.spec.name, shard.partition),
-                          ignore_errors=True)
+        """Snapshot the shard, close it and delete its local files. False if it was busy.
+
+        The registry's load lock of the shard is held throughout (taken first, as a load
+        takes it before the shard lock): a request that finds the shard gone meanwhile waits
+        for the files to be deleted, then restores it, instead of opening the directory that
+        is being deleted under it."""
+        load_lock = self.registry.load_lock(shard.spec.name, shard.partition)
+        if not load_lock.acquire(blocking=False):  # being (re)loaded: busy
+            return False
+        try:
+            with shard._lock:
+                if shard.broken or shard.db.closed or shard._stage:
+                    return False
+                try:
+                    if shard.commits_since_snapshot > 0 or not self._has_snapshot(shard):
+                        self.snapshotter.snapshot_now(shard)
+                except (StateStoreError, OSError) as exc:
+                    log.warning("not evicting %s: snapshot failed: %s", shard.name, exc)
+                    return False
+                shard.broken = "evicted to object storage"
+                try:
+                    self.registry.unload(shard)
+                except StateStoreError as exc:  # e.g. a full disk at the final flush: the
+                    # database is closed anyway, and the snapshot just taken holds every commit
+                    log.warning("evicting %s: closing it failed: %s", shard.name, exc)
+                shutil.rmtree(self.registry.shard_dir(shard.spec.name, shard.partition),
+                              ignore_errors=True)
+        finally:
+            load_lock.release()
         self.evictions += 1
         return True
 

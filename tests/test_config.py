@@ -124,6 +124,10 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     ("snapshot_interval_s = true\n", "snapshot_interval_s", "expected a number"),
     ('metrics_listen = "nowhere"\n', "metrics_listen", "HOST:PORT"),
     ("listen = \n", "config", "not valid TOML"),
+    ("snapshot_gc_grace_s = -1\n", "snapshot_gc_grace_s", "0 or more"),
+    ('object_store = "s3://"\n', "object_store", "s3://bucket/prefix"),
+    ('object_store = "s3://bucket?region=x"\n', "object_store", "s3://bucket/prefix"),
+    ('object_store = "file://relative/dir"\n', "object_store", "file:///absolute/path"),
 ])
 def test_bad_config_file_is_refused_at_start_naming_the_key(
     tmp_path: Path, text: str, key: str, hint: str
@@ -214,3 +218,12 @@ snapshot_keep = 2
         assert any(r["logger"].startswith("tierstore.") for r in records)
     finally:
         srv.close()
+
+
+def test_unusable_data_dir_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    not_a_dir = write(tmp_path / "file", "x")
+    result = tierstore("serve", "--listen", "127.0.0.1:0", "--data-dir", str(not_a_dir))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("tierstore serve: error: ")
+    assert str(not_a_dir) in result.stderr

@@ -92,6 +92,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from tierstore.server.app import serve
     from tierstore.server.config import FLAGS, ConfigError, load_config
+    from tierstore.server.errors import StateStoreError
     from tierstore.server.logs import configure_logging
 
     try:
@@ -105,7 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # TLS or token file unreadable or malformed
         print(f"tierstore serve: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a port that cannot be bound
+    except (OSError, StateStoreError) as exc:  # a port that cannot be bound, an unusable
+        # data dir or object store: a message, not a traceback
         print(f"tierstore serve: error: {exc}", file=sys.stderr)
         return 1
 
