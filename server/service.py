@@ -305,12 +305,16 @@ class StoreService:
         period = min(self.cfg.snapshot_interval_s, 5.0,
                      max(self.cfg.evict_idle_s, 0.2) if self.cfg.max_local_bytes else 5.0)
         while not self._closed.wait(period):
-            for shard in self.registry.open_shards():
-                self.snapshotter.maybe_schedule(shard)
-            self.sweep_expired()
-            self.release_moved()
-            if self.cfg.max_local_bytes:
-                self.evictor.run_once()
+            try:
+                for shard in self.registry.open_shards():
+                    self.snapshotter.maybe_schedule(shard)
+                self.sweep_expired()
+                self.release_moved()
+                if self.cfg.max_local_bytes:
+                    self.evictor.run_once()
+            except Exception:  # the next tick tries again: this thread must not end
+                log.exception("background round (snapshots, TTL sweep, moved shards, "
+                              "eviction) failed")
 
     def release_moved(self) -> list[str]:
         """Close shards the placement now gives to another server (a peer joined or came

@@ -155,6 +155,9 @@ class Snapshotter:
             except (StateStoreError, OSError) as exc:
                 self.failed += 1
                 log.warning("snapshot of %s failed (will retry later): %s", shard.name, exc)
+            except Exception:  # a bug must not end the thread (no more snapshots at all)
+                self.failed += 1
+                log.exception("snapshot of %s failed (will retry later)", shard.name)
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -74,7 +74,7 @@ class Evictor:
         now = time.monotonic() if now is None else now
         candidates = sorted(
             (s for s in self.registry.open_shards()
-             if now - s.last_used >= self.policy.min_idle_s),
+             if now - s.last_used >= self.policy.min_idle_s and not s.standby),
             key=lambda s: s.last_used,
         )
         current = before
@@ -103,7 +103,9 @@ class Evictor:
             return False
         try:
             with shard._lock:
-                if shard.broken or shard.db.closed or shard._stage:
+                # A standby copy is not this server's to snapshot (its owner does that, in the
+                # same object-store prefix), and the standby manager would only load it again.
+                if shard.broken or shard.db.closed or shard._stage or shard.standby:
                     return False
                 try:
                     if shard.commits_since_snapshot > 0 or not self._has_snapshot(shard):

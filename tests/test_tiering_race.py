@@ -17,8 +17,9 @@ from tierstore.server.service import StoreService
 from tierstore.server.shard import Shard
 
 
-def _service(tmp_path: Path) -> StoreService:
-    cfg = ServerConfig(data_dir=tmp_path / "data", evict_idle_s=0)
+def _service(tmp_path: Path, max_local_bytes: int = 0) -> StoreService:
+    cfg = ServerConfig(data_dir=tmp_path / "data", evict_idle_s=0,
+                       max_local_bytes=max_local_bytes)
     return StoreService(cfg, LocalObjectStore(tmp_path / "objects"), None)
 
 
@@ -91,5 +92,32 @@ def test_an_eviction_whose_close_fails_still_completes_and_does_not_raise(
         assert svc.evictor.evict(shard)
         assert not svc.registry.shard_dir("full", 0).exists()
         assert svc.get("full", 0, 0, [b"k"]) == [b"v"]  # restored from the snapshot
+    finally:
+        svc.shutdown(snapshot=False)
+
+
+def test_standby_copies_are_not_evicted_through_a_snapshot(tmp_path: Path) -> None:
+    """A standby copy is another server's shard: evicting it used to upload a snapshot of it
+    from this server (its commit differs from the owner's newest snapshot), racing the
+    owner's own snapshots and cleanup in the same object-store prefix."""
+    svc = _service(tmp_path, max_local_bytes=1)  # every shard is over the budget
+    try:
+        meta, spec = svc.open("copy", 0, "kv", 1)
+        svc.commit("copy", 0, meta.epoch, 1, 0, [b"k"], [b"v"], [], {"in:0": 1})
+        shard = svc.registry.shard(spec, 0)
+        shard.standby = True  # as the standby manager marks a copy it follows
+        uploads: list[Shard] = []
+        snapshot_now = svc.snapshotter.snapshot_now
+
+        def counting(sh: Shard) -> object:
+            uploads.append(sh)
+            return snapshot_now(sh)
+
+        svc.snapshotter.snapshot_now = counting  # type: ignore[method-assign,assignment]
+        assert not svc.evictor.evict(shard)
+        report = svc.evictor.run_once(now=shard.last_used + 3600)
+        assert shard.name not in report.evicted
+        assert uploads == []
+        assert svc.registry.shard_dir("copy", 0).exists()
     finally:
         svc.shutdown(snapshot=False)
