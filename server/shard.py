@@ -138,7 +138,14 @@ class Shard:
                 offsets=dict(self.meta.offsets),
             )
             self._drop_stage()
-            self._append_and_apply([], [], [], new, kind=CLAIM)
+            try:
+                self._append_and_apply([], [], [], new, kind=CLAIM)
+            except UnavailableError:
+                # In doubt: the claim's marker or repair records may be in the log, and restore
+                # then drops every later record of an older epoch. So the old epoch is fenced
+                # here as well, and the next claim takes a newer one.
+                self.epoch_floor = max(self.epoch_floor, new.epoch)
+                raise
             self.claims_here += 1
             return new
 
@@ -149,10 +156,13 @@ class Shard:
             self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
-        if epoch != self.meta.epoch:
+        # Below the floor, the log holds records of a newer epoch (an in-doubt claim): restore
+        # would drop this epoch's writes.
+        if epoch != self.meta.epoch or epoch < self.epoch_floor:
             raise FencedError(
                 f"shard {self.name}: epoch {epoch} is fenced; the current epoch is "
-                f"{self.meta.epoch} (another owner claimed the shard, or this claim is stale)"
+                f"{max(self.meta.epoch, self.epoch_floor)} (another owner claimed the shard, "
+                "or this claim is stale)"
             )
 
     def release(self, epoch: int) -> None:
@@ -409,8 +419,8 @@ class Shard:
             return 0
         with self._lock:
             self.settle()
-            if self.broken or self.db.closed:
-                return 0
+            if self.broken or self.db.closed or self.meta.epoch < self.epoch_floor:
+                return 0  # (an epoch restore would drop: wait for the next claim)
             doomed: list[bytes] = []
             resume: bytes | None = None
             for seen, (k, raw) in enumerate(self.db.iterate(self._sweep_from, None), 1):
