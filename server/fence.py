@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
                     ours: set[bytes]) -> None:
-    """Records this server did not write sit in the log at [start, end), before its batch.
+    """Records this server did not write sit in the log at [start, end) (the offset of this
+    append's marker), before its batch or among its records: all are read, since a newer
+    owner's claim between this batch's data records and its marker fences the batch too.
 
     A record of a newer epoch means another server took the shard over: its claim fences this
     batch on restore, so the commit must not be acknowledged (FencedError; the shard reloads).

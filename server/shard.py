@@ -325,7 +325,7 @@ class Shard:
             else:
                 self.log_end = marker_offset + 1
                 if start is not None and marker_offset != start + len(keys):
-                    foreign_records(self, start, marker_offset - len(keys), new, set(keys))
+                    foreign_records(self, start, marker_offset, new, set(keys))
                 new.changelog_offset = (self.log_end if self.log_end is not None
                                         else marker_offset + 1)
         if not prepared:
