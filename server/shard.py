@@ -419,8 +419,11 @@ class Shard:
             return 0
         with self._lock:
             self.settle()
-            if self.broken or self.db.closed or self.meta.epoch < self.epoch_floor:
-                return 0  # (an epoch restore would drop: wait for the next claim)
+            # Not on a standby copy (it never writes: the owner sweeps), nor at an epoch
+            # restore would drop (wait for the next claim).
+            if (self.broken or self.db.closed or self.standby
+                    or self.meta.epoch < self.epoch_floor):
+                return 0
             doomed: list[bytes] = []
             resume: bytes | None = None
             for seen, (k, raw) in enumerate(self.db.iterate(self._sweep_from, None), 1):
