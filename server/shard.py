@@ -316,9 +316,9 @@ class Shard:
                 raise
             start = self.log_end
             self._repair.clear()
-            if marker_offset < 0 or (start is not None and marker_offset < start + len(keys)):
-                # No usable offset (a retried marker the broker took for a duplicate), or one
-                # before the records it closes: where the log ends is unknown, as after a failed
+            if marker_offset < (new.changelog_offset if start is None else start) + len(keys):
+                # No usable offset (a retried marker the broker took for a duplicate): one before
+                # its records, or what is applied. Where the log ends is unknown, as after a failed
                 # append, and the fence waits for the next append. The commit stands; the local
                 # changelog offset stays older, so a replay re-applies it (idempotent).
                 self.log_end = None
