@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tierstore.server.errors import FencedError
+from tierstore.server.errors import FencedError, UnavailableError
 from tierstore.server.hottier import ShardMeta
 from tierstore.server.logproto import (
     COMMIT,
@@ -18,6 +18,7 @@ from tierstore.server.logproto import (
     marker,
     parse_marker,
 )
+from tierstore.server.ports import Changelog
 
 if TYPE_CHECKING:
     from tierstore.server.shard import Shard
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 
 def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
                     ours: set[bytes]) -> None:
-    """Records this server did not write sit in the log at [start, end), before its batch.
+    """Records this server did not write sit in the log at [start, end) (the offset of this
+    append's marker), before its batch or among its records: all are read, since a newer
+    owner's claim between this batch's data records and its marker fences the batch too.
 
     A record of a newer epoch means another server took the shard over: its claim fences this
     batch on restore, so the commit must not be acknowledged (FencedError; the shard reloads).
@@ -34,19 +37,15 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
     never keep a zombie's record over a committed one. The caller holds the shard lock."""
     log = shard.changelog
     assert log is not None
-    newest, zombie_keys = 0, set()
-    for page in log.read(shard.spec.name, shard.partition, start):
-        for rec in page:
-            if rec.offset >= end:
-                break
-            m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
-            epoch = m.epoch if m is not None else (header_epoch(rec.headers) or 0)
-            newest = max(newest, epoch)
-            if rec.key != MARKER_KEY:
-                zombie_keys.add(rec.key)
-        else:
-            continue
-        break
+    try:
+        newest, zombie_keys = _scan(log, shard.spec.name, shard.partition, start, end)
+    except UnavailableError as exc:
+        # The commit is in the log, but whether a newer owner's records precede it is unknown:
+        # reload (the replay applies the commit, or learns the newer epoch) and answer "in doubt".
+        shard.broken = f"the changelog's offset fence could not read the log: {exc}"
+        raise UnavailableError(
+            f"shard {shard.name}: the commit is in the changelog, but checking the records "
+            f"before it failed ({exc}); reopen the store to learn its outcome") from exc
     if newest > new.epoch:
         shard.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
                         "another server took the shard over")
@@ -58,8 +57,30 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
     if repair:
         mval, mheaders = marker(COMMIT, new.epoch, new.commit_seq, new.offsets)
         values = shard.db.get_many(repair)  # this commit does not touch these keys
-        offset = log.append_batch(
-            shard.spec.name, shard.partition, repair, values,
-            data_headers(new.epoch, new.commit_seq), mval, mheaders,
-        )
+        try:
+            offset = log.append_batch(
+                shard.spec.name, shard.partition, repair, values,
+                data_headers(new.epoch, new.commit_seq), mval, mheaders,
+            )
+        except UnavailableError:
+            # The commit stands (its marker is in the log): the next append repairs these keys
+            # first, as after any failed append.
+            shard._repair.update(repair)
+            shard.log_end = None
+            return
         shard.log_end = offset + 1 if offset >= 0 else None
+
+
+def _scan(log: Changelog, store: str, partition: int, start: int, end: int
+          ) -> tuple[int, set[bytes]]:
+    """The newest epoch among the records at [start, end), and their user keys."""
+    newest, keys = 0, set[bytes]()
+    for page in log.read(store, partition, start):
+        for rec in page:
+            if rec.offset >= end:
+                return newest, keys
+            m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
+            newest = max(newest, m.epoch if m is not None else (header_epoch(rec.headers) or 0))
+            if rec.key != MARKER_KEY:
+                keys.add(rec.key)
+    return newest, keys

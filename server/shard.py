@@ -138,7 +138,14 @@ class Shard:
                 offsets=dict(self.meta.offsets),
             )
             self._drop_stage()
-            self._append_and_apply([], [], [], new, kind=CLAIM)
+            try:
+                self._append_and_apply([], [], [], new, kind=CLAIM)
+            except UnavailableError:
+                # In doubt: the claim's marker or repair records may be in the log, and restore
+                # then drops every later record of an older epoch. So the old epoch is fenced
+                # here as well, and the next claim takes a newer one.
+                self.epoch_floor = max(self.epoch_floor, new.epoch)
+                raise
             self.claims_here += 1
             return new
 
@@ -149,10 +156,13 @@ class Shard:
             self._repair = set(keys)
 
     def check_epoch(self, epoch: int) -> None:
-        if epoch != self.meta.epoch:
+        # Below the floor, the log holds records of a newer epoch (an in-doubt claim): restore
+        # would drop this epoch's writes.
+        if epoch != self.meta.epoch or epoch < self.epoch_floor:
             raise FencedError(
                 f"shard {self.name}: epoch {epoch} is fenced; the current epoch is "
-                f"{self.meta.epoch} (another owner claimed the shard, or this claim is stale)"
+                f"{max(self.meta.epoch, self.epoch_floor)} (another owner claimed the shard, "
+                "or this claim is stale)"
             )
 
     def release(self, epoch: int) -> None:
@@ -306,16 +316,16 @@ class Shard:
                 raise
             start = self.log_end
             self._repair.clear()
-            if marker_offset < 0 or (start is not None and marker_offset < start + len(keys)):
-                # No usable offset (a retried marker the broker took for a duplicate), or one
-                # before the records it closes: where the log ends is unknown, as after a failed
+            if marker_offset < (new.changelog_offset if start is None else start) + len(keys):
+                # No usable offset (a retried marker the broker took for a duplicate): one before
+                # its records, or what is applied. Where the log ends is unknown, as after a failed
                 # append, and the fence waits for the next append. The commit stands; the local
                 # changelog offset stays older, so a replay re-applies it (idempotent).
                 self.log_end = None
             else:
                 self.log_end = marker_offset + 1
                 if start is not None and marker_offset != start + len(keys):
-                    foreign_records(self, start, marker_offset - len(keys), new, set(keys))
+                    foreign_records(self, start, marker_offset, new, set(keys))
                 new.changelog_offset = (self.log_end if self.log_end is not None
                                         else marker_offset + 1)
         if not prepared:
@@ -409,7 +419,10 @@ class Shard:
             return 0
         with self._lock:
             self.settle()
-            if self.broken or self.db.closed:
+            # Not on a standby copy (it never writes: the owner sweeps), nor at an epoch
+            # restore would drop (wait for the next claim).
+            if (self.broken or self.db.closed or self.standby
+                    or self.meta.epoch < self.epoch_floor):
                 return 0
             doomed: list[bytes] = []
             resume: bytes | None = None
