@@ -232,7 +232,7 @@ class StoreService:
 
     def count(self, store: str, partition: int, fresh: ReadFreshness | None = None,
               epoch: int = 0) -> int:
-        return self.reads.shard(store, partition, epoch, fresh).count()
+        return self.reads.shard(store, partition, epoch, fresh).count(epoch)
 
     def close_shard(self, store: str, partition: int, epoch: int) -> None:
         self._owned(store, partition).release(epoch)

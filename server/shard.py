@@ -370,11 +370,10 @@ class Shard:
     # --- reads ----------------------------------------------------------------------------
     def get_many(self, epoch: int, keys: Sequence[bytes]) -> list[bytes | None]:
         check_keys(keys)
-        self._check_usable()
+        self._check_usable(epoch)
         self.last_used = time.monotonic()
         values = self.db.get_many(keys)
         if epoch and self._stage:
-            self.check_epoch(epoch)
             st = self._stage
             for i, k in enumerate(keys):
                 if k in st:
@@ -394,18 +393,17 @@ class Shard:
                 raise InvalidArgumentError("a prefix scan takes no from/to bounds")
         else:
             check_range(from_key, to_key)
-        self._check_usable()
+        self._check_usable(epoch)
         self.last_used = time.monotonic()
         base = self.db.iterate(from_key, to_key, reverse, prefix)
         if not (epoch and self._stage):
             return base
-        self.check_epoch(epoch)
         with self._lock:
             over = select_range(self._stage, from_key, to_key, prefix, reverse)
         return overlay_items(base, over, reverse)
 
-    def count(self) -> int:
-        self._check_usable()
+    def count(self, epoch: int = 0) -> int:
+        self._check_usable(epoch)
         return self.db.approximate_num_entries()
 
     # --- expiry ---------------------------------------------------------------------------
@@ -489,10 +487,13 @@ class Shard:
         if pending is not None:
             pending.wait()
 
-    def _check_usable(self) -> None:
+    def _check_usable(self, epoch: int = 0) -> None:
+        """Usable, and with an owner's epoch (readers send 0) not fenced."""
         self.settle()
         if self.broken:
             raise UnavailableError(f"shard {self.name} must be reloaded: {self.broken}")
+        if epoch:
+            self.check_epoch(epoch)
 
     def close(self) -> None:
         with self._lock:

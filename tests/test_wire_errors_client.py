@@ -58,3 +58,25 @@ def test_client_library_error_classes(wire: Wire) -> None:
         for exc in (inv.value, nf.value, fenced.value, aborted.value):
             assert isinstance(exc, errors.StateStoreError)
     wire.assert_serving()
+
+
+def test_a_fenced_owner_cannot_read_either(wire: Wire) -> None:
+    """DESIGN.md: a stale epoch gets FAILED_PRECONDITION. A superseded handle's reads used to
+    be answered (from the new owner's state) unless it had writes staged on the server, so a
+    zombie worker kept computing on state it no longer owned without learning it was fenced."""
+    with connect(wire.target) as client:
+        name = fresh("fenced-reads")
+        old = client.key_value_store(name)
+        old.put(b"k", b"1")
+        old.commit({"in:0": 1})
+        new = client.key_value_store(name)
+        for read in (lambda: old.get(b"k"), lambda: old.get_many([b"k", b"x"]),
+                     lambda: list(old.all()), lambda: list(old.range(b"a", b"z")),
+                     old.approximate_num_entries):
+            with pytest.raises(errors.FencedError, match="fenced") as fenced:
+                read()
+            assert isinstance(fenced.value.__cause__, grpc.RpcError)
+            assert fenced.value.__cause__.code() == FENCED
+        assert new.get(b"k") == b"1"
+        assert client.reader(name).get(b"k") == b"1"
+    wire.assert_serving()
