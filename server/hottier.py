@@ -25,6 +25,7 @@ from rocksdict import (
     BlockBasedOptions,
     Cache,
     Checkpoint,
+    DbClosedError,
     Options,
     Rdict,
     ReadOptions,
@@ -349,15 +350,24 @@ class ShardDB:
     # --- reads ----------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self.closed:
-            raise UnavailableError(f"shard database {self.path} was closed (evicted or moved); "
-                                   "retry")
+            raise self._closed_error()
+
+    def _closed_error(self) -> UnavailableError:
+        return UnavailableError(f"shard database {self.path} was closed (evicted or moved); "
+                                "retry")
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         self._check_open()
-        return cast("list[bytes | None]", self._db.get(list(keys)))
+        try:
+            return cast("list[bytes | None]", self._db.get(list(keys)))
+        except DbClosedError as exc:  # closed between the check and the read
+            raise self._closed_error() from exc
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self._db.get(key)
+        try:
+            value: bytes | None = self._db.get(key)
+        except DbClosedError as exc:
+            raise self._closed_error() from exc
         return value
 
     def iterate(
@@ -380,19 +390,22 @@ class ShardDB:
         elif to_key is not None:
             upper = next_key(to_key)
         ro = ReadOptions()
-        if not reverse:
-            # Forward: RocksDB's upper bound stops the scan without a Python check per key.
-            if upper is not None:
-                ro.set_iterate_upper_bound(upper)
-            if lower is None:
-                return _keep_alive(self._db.items(read_opt=ro), ro)
-            return _keep_alive(self._db.items(from_key=lower, read_opt=ro), ro)
-        # Backward: rocksdict mishandles iterate_lower_bound with seek_for_prev, so the lower
-        # bound is checked here; the start is the last key <= the upper end.
-        if upper is None:
-            items = self._db.items(backwards=True, read_opt=ro)
-        else:
-            items = self._db.items(backwards=True, from_key=upper, read_opt=ro)
+        try:
+            if not reverse:
+                # Forward: RocksDB's upper bound stops the scan without a Python check per key.
+                if upper is not None:
+                    ro.set_iterate_upper_bound(upper)
+                if lower is None:
+                    return _keep_alive(self._db.items(read_opt=ro), ro)
+                return _keep_alive(self._db.items(from_key=lower, read_opt=ro), ro)
+            # Backward: rocksdict mishandles iterate_lower_bound with seek_for_prev, so the
+            # lower bound is checked here; the start is the last key <= the upper end.
+            if upper is None:
+                items = self._db.items(backwards=True, read_opt=ro)
+            else:
+                items = self._db.items(backwards=True, from_key=upper, read_opt=ro)
+        except DbClosedError as exc:  # closed between the check and the read
+            raise self._closed_error() from exc
         return _reverse_bounded(items, ro, lower, upper)
 
     def approximate_num_entries(self) -> int:
