@@ -50,7 +50,9 @@ class Snapshotter:
         self.on_snapshot: Callable[[Shard, Manifest, float], None] | None = None
 
     def is_due(self, shard: Shard) -> bool:
-        if shard.commits_since_snapshot == 0:
+        # A standby copy (an owner that lost the shard keeps following it as one) is not
+        # snapshotted here: its owner snapshots it, into the same object-store prefix.
+        if shard.commits_since_snapshot == 0 or shard.standby:
             return False
         if shard.commits_since_snapshot >= self.policy.every_commits:
             return True

@@ -121,3 +121,20 @@ def test_standby_copies_are_not_evicted_through_a_snapshot(tmp_path: Path) -> No
         assert svc.registry.shard_dir("copy", 0).exists()
     finally:
         svc.shutdown(snapshot=False)
+
+
+def test_standby_copies_are_not_due_for_snapshots(tmp_path: Path) -> None:
+    """An owner that loses a shard keeps following it as a standby, with the commits it made
+    as the owner still counted: the ticker must not snapshot it alongside the new owner."""
+    cfg = ServerConfig(data_dir=tmp_path / "data", snapshot_every_commits=2)
+    svc = StoreService(cfg, LocalObjectStore(tmp_path / "objects"), None)
+    try:
+        meta, spec = svc.open("lost", 0, "kv", 1)
+        svc.commit("lost", 0, meta.epoch, 1, 0, [b"k"], [b"v"], [], {"in:0": 1})
+        shard = svc.registry.shard(spec, 0)
+        shard.commits_since_snapshot = 2
+        assert svc.snapshotter.is_due(shard)
+        shard.standby = True
+        assert not svc.snapshotter.is_due(shard)
+    finally:
+        svc.shutdown(snapshot=False)
