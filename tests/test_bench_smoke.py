@@ -16,7 +16,7 @@ from bench.__main__ import main
 
 # The results each benchmark must report (besides its ratios and goals).
 REQUIRED = {
-    "write": ["embedded_keys_per_s", "remote_keys_per_s"],
+    "write": ["embedded_keys_per_s", "embedded_quix_keys_per_s", "remote_keys_per_s"],
     "read": ["latency"],
     "scan": ["embedded_keys_per_s", "remote_keys_per_s", "remote_reader_keys_per_s"],
     "restore": ["replay_s", "snapshot_plus_tail_s", "raw_download_s", "snapshot_bytes"],
