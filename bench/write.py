@@ -61,7 +61,7 @@ class Embedded:
         self.topic = topic
         self.quix = quix
         self.commits = 0
-        self.delivered: dict[tuple[str, int], int] = {}
+        self.delivered: dict[tuple[str | None, int | None], int | None] = {}
         self.error: KafkaError | None = None
         self.producer = Producer(
             {"bootstrap.servers": bootstrap, "log_level": 3, **EMBEDDED_PRODUCER}
@@ -84,8 +84,10 @@ class Embedded:
             put = wb.put
             if self.quix:
                 self.commits += 1
-                headers = {"__column_family__": "default",
-                           "__processed_tp_offset__": json.dumps([["input", 0, self.commits]])}
+                headers: dict[str, str | bytes | None] = {
+                    "__column_family__": "default",
+                    "__processed_tp_offset__": json.dumps([["input", 0, self.commits]]),
+                }
                 cb = self._on_delivery
                 for k, v in zip(keys, values, strict=True):
                     put(k, v)
