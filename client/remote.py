@@ -259,6 +259,8 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
         self.window_size_ms: int = resp.spec.window_size_ms
         self.retention_ms: int = resp.spec.retention_ms
         self._ttl_ms = int(resp.spec.ttl_ms)
+        if resp.max_value_bytes:  # the server's limit: a larger value is refused at put
+            self._max_value = int(resp.max_value_bytes)
         self._seq: int = resp.last_commit_seq
         self._offsets = dict(resp.committed_offsets)
 

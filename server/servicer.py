@@ -121,6 +121,7 @@ class Servicer:
                 ttl_ms=spec.ttl_ms,
             ),
             last_commit_seq=meta.commit_seq,
+            max_value_bytes=self.svc.cfg.max_value_bytes,
         ).SerializeToString()
 
     def Stage(self, data: bytes, context: grpc.ServicerContext) -> bytes:

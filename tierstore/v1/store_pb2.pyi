@@ -152,8 +152,13 @@ class OpenResponse(_message.Message):
     COMMITTED_OFFSETS_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     LAST_COMMIT_SEQ_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     last_commit_seq: _builtins.int
+    max_value_bytes: _builtins.int
+    """The largest value this server accepts (--max-value-bytes), so that the client refuses a
+    larger one at put instead of at commit; 0 from servers older than this field.
+    """
     @_builtins.property
     def committed_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -165,10 +170,11 @@ class OpenResponse(_message.Message):
         committed_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         spec: Global___StoreSpec | None = ...,
         last_commit_seq: _builtins.int = ...,
+        max_value_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_offsets", b"committed_offsets", "epoch", b"epoch", "last_commit_seq", b"last_commit_seq", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_offsets", b"committed_offsets", "epoch", b"epoch", "last_commit_seq", b"last_commit_seq", "max_value_bytes", b"max_value_bytes", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
