@@ -112,7 +112,9 @@ def scan(
     if to_key is not None:
         req.to_key = to_key
     stale = options is not None and options.allow_stale
-    pages = stream(c.stream_call(store, partition, "Scan", req, stale=stale))
+    # A min_offsets wait may hold the first page back for up to the wait on top of the timeout.
+    idle_s = options.timeout(c.timeout_s) if options is not None else c.timeout_s
+    pages = stream(c.stream_call(store, partition, "Scan", req, stale=stale, idle_s=idle_s))
     for page in pages:
         yield from zip(page.keys, page.values, strict=True)
 

@@ -90,9 +90,12 @@ class Client:
                                 retry_unavailable=retry_unavailable, stale=stale)
 
     def stream_call(self, store: str, partition: int, method: str, request: Any,
-                    stale: bool = False) -> Iterator[Any]:
+                    stale: bool = False, idle_s: float | None = None) -> Iterator[Any]:
+        """A server-streaming call; a wait of more than `idle_s` (default: the client's
+        timeout_s) for any one message cancels it with UnavailableError."""
         return self.router.stream((store, partition), method, request, stale=stale,
-                                  timeout=max(self.timeout_s, 30.0))
+                                  timeout=max(self.timeout_s, 30.0),
+                                  idle_s=self.timeout_s if idle_s is None else idle_s)
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         address = self.router.seeds[0]

@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 
 from tierstore.client._grpc import waits_full
+from tierstore.client.errors import UnavailableError
+from tierstore.client.streamwatch import StreamWatch
 from tierstore.v1 import store_pb2_grpc
 
 OWNER_KEY = "tierstore-owner"
@@ -55,6 +57,7 @@ class Router:
         self._placement: dict[tuple[str, int], str] = {}
         self._known: list[str] = list(self.seeds)
         self.redirects = 0
+        self._watch = StreamWatch()
 
     def stub(self, address: str) -> store_pb2_grpc.StateStoreStub:
         with self._lock:
@@ -126,16 +129,18 @@ class Router:
 
     def stream(
         self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,
-        timeout: float = 30.0,
+        timeout: float = 30.0, idle_s: float | None = None,
     ) -> Iterator[Any]:
-        """A server-streaming call; redirects are followed before the first message."""
+        """A server-streaming call; redirects are followed before the first message. With
+        `idle_s`, a wait of more than that for any message cancels the call (UnavailableError):
+        see client/streamwatch.py."""
         deadline = time.monotonic() + timeout
         tried_down: set[str] = set()
         address = self.address_for(shard)
         while True:
             it = getattr(self.stub(address), method)(request, metadata=self.metadata)
             try:
-                first = next(it)
+                first = self._next(it, idle_s, address)
             except StopIteration:
                 return
             except grpc.RpcError as exc:
@@ -150,8 +155,31 @@ class Router:
                 address = nxt
                 continue
             yield first
-            yield from it
-            return
+            while True:
+                try:
+                    msg = self._next(it, idle_s, address)
+                except StopIteration:
+                    return
+                yield msg
+
+    def _next(self, it: Any, idle_s: float | None, address: str) -> Any:
+        if idle_s is None:
+            return next(it)
+        token = self._watch.waiting(it, idle_s)
+        try:
+            msg = next(it)
+        except BaseException as exc:
+            if self._watch.done(token) and isinstance(exc, grpc.RpcError):
+                raise UnavailableError(
+                    f"UNAVAILABLE: {address} sent nothing on the stream for {idle_s:g}s (the "
+                    "client's timeout): the server is stuck or unreachable; the call was "
+                    "cancelled") from exc
+            raise
+        if self._watch.done(token):  # cancelled just as the message came: the call is over
+            raise UnavailableError(
+                f"UNAVAILABLE: {address} sent nothing on the stream for {idle_s:g}s; the call "
+                "was cancelled")
+        return msg
 
     def _next_address(
         self, exc: grpc.RpcError, shard: tuple[str, int] | None, address: str,
@@ -192,6 +220,7 @@ class Router:
         return self._candidates(shard)[0]
 
     def close(self) -> None:
+        self._watch.close()
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
