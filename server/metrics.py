@@ -307,7 +307,7 @@ class StateCollector(Collector):
         for (store, partition), p in items:
             labels = [store, str(partition)]
             seconds = p.seconds()
-            families["in_progress"].add_metric(labels, float(p.phase != "done"))
+            families["in_progress"].add_metric(labels, float(p.finished is None))
             families["seconds"].add_metric(labels, seconds)
             families["bytes"].add_metric(labels, p.bytes_done)
             families["bytes_total"].add_metric(labels, p.bytes_total)

@@ -44,7 +44,8 @@ class RestoreProgress:
     loading thread (plain attribute updates, so a reader sees a recent value)."""
 
     started: float = field(default_factory=time.monotonic)
-    phase: str = "download"  # "download" (the snapshot), "replay" (the changelog), "done"
+    phase: str = "download"  # "download" (the snapshot), "replay" (the changelog), "done",
+    # or "failed" (the load raised; `finished` is then set too)
     bytes_done: int = 0
     bytes_total: int = 0
     records: int = 0
@@ -274,8 +275,12 @@ class Registry:
 
     def _load(self, spec: StoreSpec, partition: int) -> Shard:
         progress = self.restores[(spec.name, partition)] = RestoreProgress()
-        db, source, manifest, replay = self._restore(
-            spec, partition, self.shard_dir(spec.name, partition), progress)
+        try:
+            db, source, manifest, replay = self._restore(
+                spec, partition, self.shard_dir(spec.name, partition), progress)
+        except BaseException:  # not "in progress" any more: metrics would show it forever
+            progress.phase, progress.finished = "failed", time.monotonic()
+            raise
         self.load_reports[(spec.name, partition)] = LoadReport(
             source, manifest.snapshot_id if manifest is not None else None, replay)
         repair = replay.uncommitted_keys if replay is not None else set()
