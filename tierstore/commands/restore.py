@@ -8,12 +8,16 @@ DIR is then a RocksDB database holding the shard's committed state; a server use
 placed at DATA_DIR/shards/STORE/PARTITION.
 
 Nothing is written anywhere but DIR: no topic is created, no snapshot changed, no shard claimed.
+The work happens in a hidden directory next to DIR, renamed to DIR only once complete: a run
+that fails or is killed never leaves a partial database at DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +71,20 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"store {store!r} not found in {objects.describe()}") from None
     spec.check_partition(partition)
     progress = Progress(args.progress)
-    created = not dest.exists()
+    work = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         with progress.bytes(f"download {store}/{partition}") as on_bytes:
-            manifest = SnapshotStore(objects).restore_latest(store, partition, dest,
+            manifest = SnapshotStore(objects).restore_latest(store, partition, work,
                                                              progress=on_bytes)
         if manifest is None and not args.kafka_bootstrap:
             raise CommandError(f"{store}/{partition} has no snapshot in {objects.describe()}, "
                                "and without --kafka-bootstrap there is nothing to replay")
-        summary = _open_and_replay(args, store, partition, dest, progress)
+        summary = _open_and_replay(args, store, partition, work, progress)
+        if dest.exists():
+            dest.rmdir()  # empty (checked above)
+        os.replace(work, dest)
     except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
     summary = {
         "store": store, "partition": partition, "directory": str(dest),
