@@ -33,8 +33,11 @@ def placement(servers: Sequence[str], store: str, partition: int) -> list[str]:
     return sorted(servers, key=lambda s: (score(s, store, partition), s), reverse=True)
 
 
-def resolve_peers(spec: Sequence[str]) -> list[str]:
-    """Expand `dns:NAME:PORT` entries into HOST:PORT for every address NAME resolves to."""
+def resolve_peers(spec: Sequence[str], last: dict[str, list[str]] | None = None) -> list[str]:
+    """Expand `dns:NAME:PORT` entries into HOST:PORT for every address NAME resolves to. With
+    `last`, a lookup that fails gives the entry's last good answer (kept in `last`): a resolver
+    hiccup is no evidence that the peers died, and dropping them all at once would make this
+    server take every shard."""
     out: list[str] = []
     for entry in spec:
         entry = entry.strip()
@@ -45,9 +48,15 @@ def resolve_peers(spec: Sequence[str]) -> list[str]:
             try:
                 infos = socket.getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
             except (OSError, ValueError) as exc:
-                log.warning("cannot resolve peers %s: %s", entry, exc)
+                kept = last.get(entry, []) if last is not None else []
+                log.warning("cannot resolve peers %s: %s%s", entry, exc,
+                            f" (keeping its last answer: {', '.join(kept)})" if kept else "")
+                out.extend(kept)
                 continue
-            out.extend(sorted({f"{info[4][0]}:{port}" for info in infos}))
+            found = sorted({f"{info[4][0]}:{port}" for info in infos})
+            if last is not None:
+                last[entry] = found
+            out.extend(found)
         else:
             out.append(entry)
     return sorted(set(out))
@@ -73,6 +82,7 @@ class Membership:
         self._probe = probe
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
+        self._resolved: dict[str, list[str]] = {}  # each dns: entry's last good answer
         self._live: tuple[str, ...] = (cfg.advertise,)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,7 +103,8 @@ class Membership:
         return placement(self.live(), store, partition)
 
     def probe_once(self) -> tuple[str, ...]:
-        peers = [p for p in resolve_peers(self.cfg.peers) if p != self.cfg.advertise]
+        peers = [p for p in resolve_peers(self.cfg.peers, self._resolved)
+                 if p != self.cfg.advertise]
         live = [self.cfg.advertise]
         for peer in peers:
             ok = self._probe(peer, self.cfg.probe_timeout_s)

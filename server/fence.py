@@ -38,7 +38,8 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
     log = shard.changelog
     assert log is not None
     try:
-        newest, zombie_keys = _scan(log, shard.spec.name, shard.partition, start, end)
+        newest, newest_marker, zombie_keys = _scan(log, shard.spec.name, shard.partition,
+                                                   start, end)
     except UnavailableError as exc:
         # The commit is in the log, but whether a newer owner's records precede it is unknown:
         # reload (the replay applies the commit, or learns the newer epoch) and answer "in doubt".
@@ -46,7 +47,11 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
         raise UnavailableError(
             f"shard {shard.name}: the commit is in the changelog, but checking the records "
             f"before it failed ({exc}); reopen the store to learn its outcome") from exc
-    if newest > new.epoch:
+    # A marker of this very epoch before ours is not ours either: another server claimed from
+    # the same state (views of the membership differed) and took the same epoch. The later
+    # marker loses, or both servers would acknowledge commits of one epoch.
+    if newest > new.epoch or newest_marker >= new.epoch:
+        newest = max(newest, newest_marker)
         shard.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
                         "another server took the shard over")
         raise FencedError(
@@ -72,15 +77,18 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
 
 
 def _scan(log: Changelog, store: str, partition: int, start: int, end: int
-          ) -> tuple[int, set[bytes]]:
-    """The newest epoch among the records at [start, end), and their user keys."""
-    newest, keys = 0, set[bytes]()
+          ) -> tuple[int, int, set[bytes]]:
+    """The newest epoch among the records at [start, end), the newest among their markers,
+    and their user keys."""
+    newest, newest_marker, keys = 0, 0, set[bytes]()
     for page in log.read(store, partition, start):
         for rec in page:
             if rec.offset >= end:
-                return newest, keys
+                return newest, newest_marker, keys
             m = parse_marker(rec.value, rec.headers) if rec.key == MARKER_KEY else None
             newest = max(newest, m.epoch if m is not None else (header_epoch(rec.headers) or 0))
+            if m is not None:
+                newest_marker = max(newest_marker, m.epoch)
             if rec.key != MARKER_KEY:
                 keys.add(rec.key)
-    return newest, keys
+    return newest, newest_marker, keys

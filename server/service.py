@@ -118,8 +118,15 @@ class StoreService:
             store, type_, num_partitions, window_size_ms, retention_ms, partition=partition,
             ttl_ms=ttl_ms,
         )
-        shard = self._promote(self.registry.shard(spec, partition))
-        return shard.claim(), spec
+        for _ in range(3):
+            shard = self._promote(self.registry.shard(spec, partition))
+            try:
+                return shard.claim(), spec
+            except FencedError:
+                # Another server's claim landed before this one (views of the membership
+                # differed): the shard reloads with it, and this open claims again, after it.
+                continue
+        raise UnavailableError(f"shard {store}/{partition} keeps changing hands; retry")
 
     def attach_cluster(self, membership: Membership) -> None:
         """Serve only the shards the rendezvous placement gives this server, and follow the
