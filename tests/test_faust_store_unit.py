@@ -180,3 +180,24 @@ def test_windowed_table(server: ServerProc, monkeypatch: pytest.MonkeyPatch) -> 
         rows = dict(client.reader("unitw-clicks").all())
     assert sorted(json.loads(v) for v in rows.values()) == [1, 2]
     assert store._shards == {}
+
+
+def test_no_commit_while_an_earlier_writer_is_in_flight(server: ServerProc) -> None:
+    """Faust acks out of order (an agent with concurrency > 1; the consumer's commit handles
+    the gaps): record 6 can be acked while record 5, which already wrote, is still being
+    processed. A commit then would make half of record 5's writes durable with an offset that
+    says it is done (a crash loses its other half, and its later writes are dropped as
+    replays)."""
+    app, store = make_store(server.address)
+    claim(store, 0)
+    ev5 = event(app, "ooo", 0, 5)
+    store["a"] = 1  # record 5's first write; it is still running
+    ev6 = event(app, "ooo", 0, 6)
+    store["b"] = 1
+    ev6.message.acked = True
+    assert store.commit_all() == 0, "committed while record 5 was still being processed"
+    ev5.message.acked = True
+    assert store.commit_all() == 1
+    assert store._shards[0].committed["ooo:0"] == 7
+    _current_event.set(None)
+    asyncio.run(store.stop())

@@ -4,15 +4,19 @@ end-to-end run with Kafka, S3 and a server subprocess is tests/test_quix_adapter
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("quixstreams", reason="the Quix tests run in .venv-quix (make test)")
 
+from confluent_kafka import TopicPartition
 from quixstreams import Application
 
+from tests.serverproc import ServerProc
 from tierstore.adapters.quix import (
     TierstorePartitionTransaction,
+    TierstoreStateStoreManager,
     TierstoreStorePartition,
     shard_store_name,
     use_tierstore,
@@ -64,3 +68,51 @@ def test_use_tierstore_refuses_quix_changelogs() -> None:
 def test_shard_store_names_are_valid_tierstore_names() -> None:
     assert shard_store_name("quix.", "g", "a topic/with:chars", "default") == (
         "quix.g.a_topic_with_chars.default")
+
+
+class _SeekRecorder:
+    """Stands in for Quix's consumer (the seam): records the seeks the manager makes."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+def test_assign_seeks_only_the_topics_of_the_assigned_stream(tmp_path: Path) -> None:
+    """Quix hands `on_partition_assign` the committed offsets of EVERY topic assigned at that
+    partition number, not only the stream's own. Two independent stateful dataframes (topics a
+    and b, each with its tierstore store exactly at Kafka's committed offset) must not seek at
+    all: seeking topic b to its beginning because store a holds no offset for b (and then a to
+    its beginning for store b) replays a whole topic into state that already counted it."""
+    server = ServerProc(tmp_path / "data")
+    try:
+        with connect(server.address) as client:
+            for topic, offset in (("a", 10), ("b", 50)):
+                with client.key_value_store(shard_store_name("quix.", "g", topic, "default"),
+                                            partition=0) as kv:
+                    kv.put(b"k", b"1")
+                    kv.commit({f"{topic}:0": offset})
+            app = Application(broker_address="127.0.0.1:1", consumer_group="g",
+                              use_changelog_topics=False)
+            use_tierstore(app, client)
+            ctx = app._processing_context
+            manager = ctx.state_manager
+            assert isinstance(manager, TierstoreStateStoreManager)
+            recorder = _SeekRecorder()
+            manager._ts_consumer = recorder
+            for topic in ("a", "b"):  # what app.dataframe(...).apply(..., stateful=True) does
+                ctx.dataframe_registry.register_stream_id(topic, [topic])
+                manager.register_store(topic, "default")
+            kafka_committed = {"a": 10, "b": 50}
+            for stream_id in ("a", "b"):
+                manager.on_partition_assign(stream_id, 0, dict(kafka_committed))
+            assert recorder.seeks == []
+            # A stream whose own topic is behind in tierstore still seeks (that topic only).
+            manager.on_partition_revoke("a", 0)
+            manager.on_partition_assign("a", 0, {"a": 25, "b": 50})
+            assert recorder.seeks == [("a", 0, 10)]
+            manager.close()
+    finally:
+        server.close()

@@ -87,8 +87,10 @@ class FaustShard:
     committed: dict[str, int] = field(default_factory=dict)
     # input partition -> offset after the last record whose writes are buffered
     pending: dict[str, int] = field(default_factory=dict)
-    # input partition -> the message of that record (a commit waits until it is acked)
-    writers: dict[str, AckedMessage] = field(default_factory=dict)
+    # the messages of the records whose writes are buffered and that were not acked yet when
+    # last looked at (a commit waits until every one is acked: Faust may ack out of order)
+    # (by id: the dict holds each message, so its id stays unique while it is here)
+    writers: dict[int, AckedMessage] = field(default_factory=dict)
     changelog_next: int | None = None
     dirty: bool = False
     replays_dropped: int = 0
@@ -128,8 +130,10 @@ class FaustShard:
             return
         if offset + 1 > self.pending.get(source, -1):
             self.pending[source] = offset + 1
-        if message is not None:
-            self.writers[source] = message
+        if message is not None and id(message) not in self.writers:
+            if len(self.writers) >= 64:
+                self._drop_acked()
+            self.writers[id(message)] = message
 
     def note_changelog(self, offset: int) -> None:
         """Faust's changelog record at `offset` (for this partition) is acknowledged."""
@@ -138,8 +142,14 @@ class FaustShard:
             self.dirty = True
 
     def committable(self) -> bool:
-        """True when no input record that wrote into the buffer is still being processed."""
-        return all(m.acked for m in self.writers.values())
+        """True when no input record that wrote into the buffer is still being processed
+        (every one of them, not only each partition's last: Faust acks out of order when an
+        agent runs with concurrency > 1)."""
+        self._drop_acked()
+        return not self.writers
+
+    def _drop_acked(self) -> None:
+        self.writers = {k: m for k, m in self.writers.items() if not m.acked}
 
     def needs_floor(self, source: str) -> bool:
         """True when no offset of `source` is committed or pending: its first record to write

@@ -305,6 +305,7 @@ class TierstoreStateStoreManager(StateStoreManager):
     _ts_prefix: str
     _ts_group: str
     _ts_consumer: Any
+    _ts_registry: Any
     _ts_read_cache_entries: int
     _ts_dumps: DumpsFunc
     _ts_loads: LoadsFunc
@@ -349,8 +350,15 @@ class TierstoreStateStoreManager(StateStoreManager):
         offset for a partition Kafka has committed holds nothing of it: consumption restarts
         at the beginning (OFFSET_BEGINNING) to rebuild it. With several
         tierstore stores on one stream partition, the lowest offset wins (docs/adapters.md).
+
+        Quix passes the committed offsets of every topic assigned at this partition number,
+        those of other dataframes included: only the stream's own topics are considered (a
+        shard holds nothing of another stream's topic, which must not be rewound for it).
         """
         assigned = super().on_partition_assign(stream_id, partition, committed_offsets)
+        own = self._stream_topics(stream_id)
+        if own is not None:
+            committed_offsets = {t: o for t, o in committed_offsets.items() if t in own}
         targets: dict[str, int] = {}
         for store_partition in assigned.values():
             if not isinstance(store_partition, TierstoreStorePartition):
@@ -375,6 +383,16 @@ class TierstoreStateStoreManager(StateStoreManager):
                 )
                 self._ts_consumer.seek(TopicPartition(topic, partition, offset))
         return assigned
+
+    def _stream_topics(self, stream_id: str | None) -> set[str] | None:
+        """The input topics of `stream_id` (Quix's DataFrameRegistry), or None if unknown."""
+        registry = getattr(self, "_ts_registry", None)
+        if registry is None or stream_id is None:
+            return None
+        try:
+            return set(registry.get_topics_for_stream_id(stream_id))
+        except KeyError:
+            return None
 
 
 def use_tierstore(
@@ -411,6 +429,7 @@ def use_tierstore(
     manager._ts_prefix = store_prefix
     manager._ts_group = app.config.consumer_group
     manager._ts_consumer = ctx.consumer
+    manager._ts_registry = ctx.dataframe_registry  # a public field of the context
     manager._ts_read_cache_entries = read_cache_entries
     # Values are serialized as Quix's own stores do: RocksDBOptions' dumps/loads (JSON).
     options = app.config.rocksdb_options or RocksDBOptions()
