@@ -152,7 +152,7 @@ class Worker:
 
     def release(self, partitions: list[int]) -> None:
         for p in partitions:
-            self.commit_partition(p)
+            self.commit_partition(p, reopen=False)  # never reclaim what is being revoked
             st = self.states.pop(p, None)
             if st is not None:
                 st.close()
@@ -207,21 +207,29 @@ class Worker:
                          "(at=%.6f)", p, records[0].offset(), time.monotonic() - self.started,
                          time.time())
 
-    def guarded(self, p: int, action: Any) -> None:
+    def guarded(self, p: int, action: Any, reopen: bool = True) -> None:
         """Run a store action of partition p; on failure, give the partition up cleanly.
 
         Fenced: another worker owns it now; stop consuming it. Anything else (an unanswered
         commit, an unreachable server): reopen the stores and seek back to their committed
-        offsets, which is exactly the restart procedure, so nothing is counted twice."""
+        offsets, which is exactly the restart procedure, so nothing is counted twice. With
+        `reopen=False` (the partition is being revoked) it is only dropped: reclaiming it would
+        fence its next owner; that owner resumes from the committed offsets."""
         try:
             action()
         except errors.FencedError as exc:
             log.error("partition %d: fenced, another worker owns it now (%s)", p, exc)
             self.drop(p)
-            self.consumer.pause([TopicPartition(self.topic, p)])
+            if reopen:
+                self.consumer.pause([TopicPartition(self.topic, p)])
         except errors.StateStoreError as exc:
-            log.warning("partition %d: %s: %s; reopening its stores", p, type(exc).__name__, exc)
             self.drop(p)
+            if not reopen:
+                log.warning("partition %d: %s: %s; released without its last commit (its next "
+                            "owner resumes from the committed offsets)", p, type(exc).__name__,
+                            exc)
+                return
+            log.warning("partition %d: %s: %s; reopening its stores", p, type(exc).__name__, exc)
             self.reopen(p)
 
     def drop(self, p: int) -> None:
@@ -247,12 +255,12 @@ class Worker:
             return
         raise SystemExit(f"partition {p}: could not reopen its stores")
 
-    def commit_partition(self, p: int) -> None:
+    def commit_partition(self, p: int, reopen: bool = True) -> None:
         nxt = self.pending.pop(p, None)
         st = self.states.get(p)
         if nxt is None or st is None:
             return
-        self.guarded(p, partial(st.commit, nxt))
+        self.guarded(p, partial(st.commit, nxt), reopen)
 
     def commit_all(self) -> None:
         if not self.pending:
