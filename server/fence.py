@@ -6,7 +6,7 @@ Storage code: talks to the changelog only through the `Changelog` port.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from tierstore.server.errors import FencedError, UnavailableError
 from tierstore.server.hottier import ShardMeta
@@ -51,13 +51,7 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
     # the same state (views of the membership differed) and took the same epoch. The later
     # marker loses, or both servers would acknowledge commits of one epoch.
     if newest > new.epoch or newest_marker >= new.epoch:
-        newest = max(newest, newest_marker)
-        shard.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
-                        "another server took the shard over")
-        raise FencedError(
-            f"shard {shard.name}: another server took it over (epoch {newest} in the "
-            f"changelog); this commit is not acknowledged. Reopen the store to continue."
-        )
+        fence_out(shard, max(newest, newest_marker), start, end, "commit")
     repair = sorted(zombie_keys - ours)
     if repair:
         mval, mheaders = marker(COMMIT, new.epoch, new.commit_seq, new.offsets)
@@ -74,6 +68,17 @@ def foreign_records(shard: Shard, start: int, end: int, new: ShardMeta,
             shard.log_end = None
             return
         shard.log_end = offset + 1 if offset >= 0 else None
+
+
+def fence_out(shard: Shard, newest: int, start: int, end: int, what: str) -> NoReturn:
+    """Another server took the shard over (records of epoch `newest` at [start, end)): the shard
+    reloads on its next use, and this append is not acknowledged."""
+    shard.broken = (f"records of epoch {newest} at changelog offsets {start}..{end - 1}: "
+                    "another server took the shard over")
+    raise FencedError(
+        f"shard {shard.name}: another server took it over (epoch {newest} in the "
+        f"changelog); this {what} is not acknowledged. Reopen the store to continue."
+    )
 
 
 def _scan(log: Changelog, store: str, partition: int, start: int, end: int

@@ -4,6 +4,9 @@ Data record:   key = user key, value = value or None (tombstone), headers ts.e (
                big-endian) and ts.s (commit sequence, 8 bytes big-endian).
 Marker record: key = b"" (never a user key: keys are 1 byte to 64 KiB), headers ts.m (b"commit"
                or b"claim"), ts.e and ts.s; value = JSON {"e", "s", "o": committed offsets}.
+               A claim marker also carries "b" (the changelog offset its claimer had applied up
+               to: restore takes its offsets only if nothing newer was applied) and "c" (a
+               random id, by which the claimer finds its own marker in the log).
 """
 
 from __future__ import annotations
@@ -30,9 +33,15 @@ def data_headers(epoch: int, seq: int) -> list[Header]:
 
 
 def marker(
-    kind: bytes, epoch: int, seq: int, offsets: dict[str, int]
+    kind: bytes, epoch: int, seq: int, offsets: dict[str, int],
+    base: int | None = None, claim_id: str | None = None,
 ) -> tuple[bytes, list[Header]]:
-    value = json.dumps({"e": epoch, "s": seq, "o": offsets}, sort_keys=True).encode()
+    body: dict[str, object] = {"e": epoch, "s": seq, "o": offsets}
+    if base is not None:
+        body["b"] = base
+    if claim_id is not None:
+        body["c"] = claim_id
+    value = json.dumps(body, sort_keys=True).encode()
     return value, [(H_MARKER, kind), (H_EPOCH, _U64.pack(epoch)), (H_SEQ, _U64.pack(seq))]
 
 
@@ -42,6 +51,8 @@ class Marker:
     epoch: int
     seq: int
     offsets: dict[str, int]
+    base: int | None = None  # claim markers: the changelog offset the claimer had applied to
+    claim_id: str | None = None  # claim markers: the claimer's random id for this claim
 
 
 def header_epoch(headers: Sequence[Header]) -> int | None:
@@ -59,6 +70,10 @@ def parse_marker(value: bytes | None, headers: Sequence[Header]) -> Marker | Non
     try:
         body = json.loads(value)
         offsets = {str(k): int(v) for k, v in body["o"].items()}
-        return Marker(kind, int(body["e"]), int(body["s"]), offsets)
+        base = body.get("b")
+        claim_id = body.get("c")
+        return Marker(kind, int(body["e"]), int(body["s"]), offsets,
+                      int(base) if base is not None else None,
+                      str(claim_id) if claim_id is not None else None)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

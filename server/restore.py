@@ -12,6 +12,12 @@ The rules (docs/protocol.md has the argument for each):
    log. The stream time is tracked as batches are applied; at each marker the segments it
    expired are range-deleted in the same WriteBatch, before the batch's records, and records of
    dropped segments are left out (server/segments.py).
+5. A claim marker sets the epoch, but its offsets (its claimer's view when it claimed) count
+   only if the claimer had applied everything applied here so far (its "b" field is at or
+   after the offset after the last applied marker). Otherwise a commit of the previous owner
+   landed between the claimer's load and its claim, and is applied here before the claim: its
+   offsets are kept (the claimer would have caught up to it and committed them again, had it
+   not crashed first). A claim marker without "b" (written before this rule) counts as before.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tierstore.server.hottier import ShardDB, ShardMeta
-from tierstore.server.logproto import MARKER_KEY, Marker, header_epoch, parse_marker
+from tierstore.server.logproto import CLAIM, MARKER_KEY, Marker, header_epoch, parse_marker
 from tierstore.server.ports import Changelog, ChangelogRecord, Header
 from tierstore.server.segments import SegmentDrops
 from tierstore.server.specs import StoreSpec
@@ -138,7 +144,11 @@ def replay_changelog(
                     result.end_offset = rec.offset
                     break
                 max_epoch = m.epoch
-                meta = ShardMeta(m.epoch, m.seq, rec.offset + 1, m.offsets)
+                offsets = m.offsets
+                if m.kind == CLAIM and m.base is not None and meta.changelog_offset > m.base:
+                    # Rule 5: a commit the claimer had not applied precedes its claim here.
+                    offsets = dict(meta.offsets)
+                meta = ShardMeta(m.epoch, m.seq, rec.offset + 1, offsets)
                 ranges: list[tuple[bytes, bytes]] = []
                 if drops is not None:
                     pend_keys, pend_values, ranges = drops.at_marker(pend_keys, pend_values)

@@ -38,6 +38,7 @@ from rocksdict import WriteBatch
 from tierstore import ttl as ttlcodec
 from tierstore.overlay import overlay_items, select_range
 from tierstore.server import segments
+from tierstore.server.claim import claim_shard
 from tierstore.server.errors import (
     AbortedError,
     FencedError,
@@ -48,7 +49,7 @@ from tierstore.server.errors import (
 from tierstore.server.fence import foreign_records
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.keys import check_keys, check_range, check_values
-from tierstore.server.logproto import CLAIM, COMMIT, data_headers, marker
+from tierstore.server.logproto import COMMIT, data_headers, marker
 from tierstore.server.ports import Changelog
 from tierstore.server.specs import StoreSpec
 
@@ -128,26 +129,14 @@ class Shard:
     # --- ownership ------------------------------------------------------------------------
     def claim(self, min_epoch: int = 0) -> ShardMeta:
         """Bump the epoch (fencing every earlier owner), drop staged writes, and record the claim
-        durably. With a changelog the claim marker also repairs uncommitted keys in the log."""
+        durably: with a changelog, the claim marker first, then a catch-up to it, then the
+        repair of uncommitted keys (server/claim.py)."""
         with self._lock:
             self._check_usable()
-            new = ShardMeta(
-                epoch=max(self.meta.epoch, self.epoch_floor, min_epoch) + 1,
-                commit_seq=0,
-                changelog_offset=self.meta.changelog_offset,
-                offsets=dict(self.meta.offsets),
-            )
             self._drop_stage()
-            try:
-                self._append_and_apply([], [], [], new, kind=CLAIM)
-            except UnavailableError:
-                # In doubt: the claim's marker or repair records may be in the log, and restore
-                # then drops every later record of an older epoch. So the old epoch is fenced
-                # here as well, and the next claim takes a newer one.
-                self.epoch_floor = max(self.epoch_floor, new.epoch)
-                raise
+            meta = claim_shard(self, min_epoch)
             self.claims_here += 1
-            return new
+            return meta
 
     def set_repair(self, keys: set[bytes]) -> None:
         """Keys found uncommitted at the tail of the log by a catch-up replay."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
+from tests.faultlog import FaultyChangelog
 from tests.infra import Broker
 from tierstore.server.changelog_kafka import KafkaChangelog, KafkaConfig
 from tierstore.server.cluster import ClusterConfig, Membership
 from tierstore.server.config import ServerConfig
 from tierstore.server.errors import FencedError
+from tierstore.server.logproto import COMMIT, data_headers, marker
 from tierstore.server.objectstore import LocalObjectStore
 from tierstore.server.service import StoreService
 
@@ -28,11 +31,6 @@ def _service(tmp: Path, name: str, broker: Broker, objects: str = "objects") -> 
                         KafkaChangelog(KafkaConfig(broker.bootstrap)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: the claim's fence takes the previous owner's complete commit for a zombie's "
-    "and re-appends its keys with this server's older values; the claim marker also carries "
-    "the older committed offsets, which restore takes (a protocol change: see the audit "
-    "report)"))
 def test_a_claim_keeps_a_commit_that_landed_after_the_load(tmp_path: Path,
                                                           broker: Broker) -> None:
     a, b = _service(tmp_path, "a", broker), _service(tmp_path, "b", broker)
@@ -100,5 +98,74 @@ def test_two_servers_claiming_from_the_same_state_cannot_both_acknowledge(
     try:
         m, _ = fresh.open("acct", 0, "kv", 1)
         assert fresh.get("acct", 0, m.epoch, [b"k"]) == [b"vc"]
+    finally:
+        fresh.shutdown(snapshot=False)
+
+
+def test_a_claim_whose_repair_never_landed_keeps_the_previous_owners_offsets(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The claim marker goes first and carries the claimer's view from before its catch-up. If
+    nothing follows it (here the commit after the catch-up fails; a crash does the same),
+    restore sees [a's commit, b's claim] and must keep a's offsets, not b's older ones."""
+    a = _service(tmp_path, "a", broker)
+    log = FaultyChangelog(KafkaChangelog(KafkaConfig(broker.bootstrap)))
+    b = StoreService(ServerConfig(data_dir=tmp_path / "b"), LocalObjectStore(tmp_path / "objects"),
+                     log)
+    try:
+        meta, _ = a.open("acct", 0, "kv", 1)
+        a.commit("acct", 0, meta.epoch, 1, 0, [b"k", b"j"], [b"v1", b"j1"], [], {"in:0": 1})
+        b.registry.shard(b.registry.describe("acct"), 0)
+        assert a.commit("acct", 0, meta.epoch, 2, 0, [b"k"], [b"v2"], [], {"in:0": 2}).applied
+        log.fail_append_before = lambda kind, keys: kind == COMMIT
+        claimed, _ = b.open("acct", 0, "kv", 1)
+        assert log.fail_append_before is None, "the catch-up's commit was not attempted"
+        assert claimed.offsets == {"in:0": 2}
+        assert b.get("acct", 0, claimed.epoch, [b"k", b"j"]) == [b"v2", b"j1"]
+    finally:
+        a.shutdown(snapshot=False)
+        b.shutdown(snapshot=False)
+    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")
+    try:
+        m, _ = fresh.open("acct", 0, "kv", 1)
+        assert (fresh.get("acct", 0, m.epoch, [b"k", b"j"]), m.offsets) == (
+            [b"v2", b"j1"], {"in:0": 2})
+    finally:
+        fresh.shutdown(snapshot=False)
+
+
+def test_a_claim_does_not_repair_a_key_whose_marker_landed_after_the_load(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """b loads while a's commit is half in the log (its record, not yet its marker): b holds
+    the key for repair. The marker lands, then b claims: the repair must write the committed
+    value (a's), not b's older one after a's complete batch. a's record and marker are produced
+    by hand, to place b's load between them."""
+    a = _service(tmp_path, "a", broker)
+    b = _service(tmp_path, "b", broker)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    topic = "tierstore-acct-changelog"
+    try:
+        meta, _ = a.open("acct", 0, "kv", 1)
+        a.commit("acct", 0, meta.epoch, 1, 0, [b"k", b"j"], [b"v1", b"j1"], [], {"in:0": 1})
+        producer.produce(topic, b"v2", b"k", 0, headers=data_headers(meta.epoch, 2))
+        assert producer.flush(10) == 0
+        shard = b.registry.shard(b.registry.describe("acct"), 0)
+        assert shard._repair == {b"k"}
+        mval, mheaders = marker(COMMIT, meta.epoch, 2, {"in:0": 2})
+        producer.produce(topic, mval, b"", 0, headers=mheaders)
+        assert producer.flush(10) == 0
+        claimed, _ = b.open("acct", 0, "kv", 1)
+        assert claimed.offsets == {"in:0": 2}
+        assert b.get("acct", 0, claimed.epoch, [b"k", b"j"]) == [b"v2", b"j1"]
+        b.commit("acct", 0, claimed.epoch, 1, 0, [b"j"], [b"j2"], [], {"in:0": 3})
+    finally:
+        a.shutdown(snapshot=False)
+        b.shutdown(snapshot=False)
+    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")
+    try:
+        m, _ = fresh.open("acct", 0, "kv", 1)
+        assert (fresh.get("acct", 0, m.epoch, [b"k", b"j"]), m.offsets) == (
+            [b"v2", b"j2"], {"in:0": 3})
     finally:
         fresh.shutdown(snapshot=False)
