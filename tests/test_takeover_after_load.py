@@ -31,6 +31,17 @@ def _service(tmp: Path, name: str, broker: Broker, objects: str = "objects") -> 
                         KafkaChangelog(KafkaConfig(broker.bootstrap)))
 
 
+def _restored(tmp: Path, broker: Broker, keys: list[bytes]
+              ) -> tuple[list[bytes | None], dict[str, int]]:
+    """What a server on an empty disk restores from the changelog alone: values and offsets."""
+    fresh = _service(tmp, "fresh", broker, "objects-fresh")
+    try:
+        m, _ = fresh.open("acct", 0, "kv", 1)
+        return fresh.get("acct", 0, m.epoch, keys), m.offsets
+    finally:
+        fresh.shutdown(snapshot=False)
+
+
 def test_a_claim_keeps_a_commit_that_landed_after_the_load(tmp_path: Path,
                                                           broker: Broker) -> None:
     a, b = _service(tmp_path, "a", broker), _service(tmp_path, "b", broker)
@@ -47,13 +58,7 @@ def test_a_claim_keeps_a_commit_that_landed_after_the_load(tmp_path: Path,
     finally:
         a.shutdown(snapshot=False)
         b.shutdown(snapshot=False)
-    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")  # the changelog alone
-    try:
-        m, _ = fresh.open("acct", 0, "kv", 1)
-        assert (fresh.get("acct", 0, m.epoch, [b"k", b"j"]), m.offsets) == (
-            [b"v2", b"j2"], {"in:0": 3})
-    finally:
-        fresh.shutdown(snapshot=False)
+    assert _restored(tmp_path, broker, [b"k", b"j"]) == ([b"v2", b"j2"], {"in:0": 3})
 
 
 def _alone(s: StoreService, name: str) -> StoreService:
@@ -94,12 +99,7 @@ def test_two_servers_claiming_from_the_same_state_cannot_both_acknowledge(
         for s in (a, b, c):
             s.shutdown(snapshot=False)
     assert outcomes == {"b": "fenced", "c": "acknowledged"}
-    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")
-    try:
-        m, _ = fresh.open("acct", 0, "kv", 1)
-        assert fresh.get("acct", 0, m.epoch, [b"k"]) == [b"vc"]
-    finally:
-        fresh.shutdown(snapshot=False)
+    assert _restored(tmp_path, broker, [b"k"])[0] == [b"vc"]
 
 
 def test_a_claim_whose_repair_never_landed_keeps_the_previous_owners_offsets(
@@ -125,13 +125,7 @@ def test_a_claim_whose_repair_never_landed_keeps_the_previous_owners_offsets(
     finally:
         a.shutdown(snapshot=False)
         b.shutdown(snapshot=False)
-    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")
-    try:
-        m, _ = fresh.open("acct", 0, "kv", 1)
-        assert (fresh.get("acct", 0, m.epoch, [b"k", b"j"]), m.offsets) == (
-            [b"v2", b"j1"], {"in:0": 2})
-    finally:
-        fresh.shutdown(snapshot=False)
+    assert _restored(tmp_path, broker, [b"k", b"j"]) == ([b"v2", b"j1"], {"in:0": 2})
 
 
 def test_a_claim_does_not_repair_a_key_whose_marker_landed_after_the_load(
@@ -162,10 +156,4 @@ def test_a_claim_does_not_repair_a_key_whose_marker_landed_after_the_load(
     finally:
         a.shutdown(snapshot=False)
         b.shutdown(snapshot=False)
-    fresh = _service(tmp_path, "fresh", broker, "objects-fresh")
-    try:
-        m, _ = fresh.open("acct", 0, "kv", 1)
-        assert (fresh.get("acct", 0, m.epoch, [b"k", b"j"]), m.offsets) == (
-            [b"v2", b"j2"], {"in:0": 3})
-    finally:
-        fresh.shutdown(snapshot=False)
+    assert _restored(tmp_path, broker, [b"k", b"j"]) == ([b"v2", b"j2"], {"in:0": 3})
