@@ -10,6 +10,7 @@ all. This module knows nothing of gRPC, Kafka or S3.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -239,6 +240,10 @@ class ShardDB:
             setattr(self._nosync, "disable_wal", True)  # noqa: B010
         self.disable_wal = disable_wal
         self.closed = False
+        # Open scans: a RocksDB iterator keeps the database (and its LOCK) open after close(),
+        # so close() ends them (the scan then answers UNAVAILABLE: service.scan).
+        self._scans: weakref.WeakSet[Iterator[tuple[bytes, bytes]]] = weakref.WeakSet()
+        self._scans_lock = threading.Lock()
 
     # --- metadata -------------------------------------------------------------------------
     def read_meta(self) -> ShardMeta:
@@ -379,9 +384,18 @@ class ShardDB:
     ) -> Iterator[tuple[bytes, bytes]]:
         """Yield (key, value) with from_key <= key <= to_key (both inclusive), or under a prefix.
 
-        The iterator reads one consistent RocksDB view taken when it starts.
+        The iterator reads one consistent RocksDB view taken when it starts. Closing the
+        database ends it early (check `closed` after the last item).
         """
-        self._check_open()
+        with self._scans_lock:  # registered before close() can sweep the open scans
+            self._check_open()
+            it = self._iterate(from_key, to_key, reverse, prefix)
+            self._scans.add(it)
+        return it
+
+    def _iterate(
+        self, from_key: bytes | None, to_key: bytes | None, reverse: bool, prefix: bytes | None,
+    ) -> Iterator[tuple[bytes, bytes]]:
         lower: bytes | None = from_key
         upper: bytes | None = None  # exclusive
         if prefix:
@@ -444,7 +458,14 @@ class ShardDB:
         if not self.closed:
             if self._on_close is not None:
                 self._on_close(self)
-            self.closed = True
+            with self._scans_lock:
+                self.closed = True
+                scans = list(self._scans)
+            for it in scans:  # release their RocksDB iterators (and so the database); one
+                # running on another thread raises ValueError: service.scan drops it after its
+                # page, on seeing `closed`
+                with contextlib.suppress(ValueError):
+                    it.close()  # type: ignore[attr-defined]
             try:
                 try:
                     if self.disable_wal:

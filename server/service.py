@@ -230,6 +230,8 @@ class StoreService:
             # Whole pages at C speed; the byte check is a sum over the page, and only a page
             # over the byte budget (large values) is split entry by entry.
             chunk = list(islice(items, page))
+            if shard.db.closed:  # evicted, moved or reloaded meanwhile: its iterator ended
+                raise UnavailableError(f"shard {shard.name} was closed during the scan; retry")
             if not chunk:
                 return
             if sum(map(len, chain.from_iterable(chunk))) + 16 * len(chunk) <= budget:
