@@ -46,18 +46,39 @@ def live_bound(spec: StoreSpec, stream_time: int) -> bytes:
 
 
 def batch_stream_time(
-    put_keys: Sequence[bytes], put_values: Sequence[bytes], stage: Mapping[bytes, bytes | None],
-    db: ShardDB,
+    put_keys: Sequence[bytes], put_values: Sequence[bytes], delete_keys: Sequence[bytes],
+    stage: Mapping[bytes, bytes | None], db: ShardDB,
 ) -> int:
     """The stream time a commit leaves behind: its own STREAM_TIME_KEY put, else the staged
-    one, else the stored one."""
+    one, else the stored one. InvalidArgumentError if the commit would delete it or move it
+    back: restore derives the segment drops from its newest value and never brings a dropped
+    segment back, so a lower stream time would let the live server take puts (and show
+    windows) that a restore drops."""
     key = wk.STREAM_TIME_KEY
+    stored = decode_stream_time(db.get(key))
+    raw: bytes | None = None
     for k, v in zip(reversed(put_keys), reversed(put_values), strict=True):
         if k == key:
-            return decode_stream_time(v)
-    if key in stage:
-        return decode_stream_time(stage[key])
-    return decode_stream_time(db.get(key))
+            raw = v
+            break
+    else:
+        if key in delete_keys or (key in stage and stage[key] is None):
+            raise InvalidArgumentError(
+                f"a commit may not delete the stream time (key {key!r}) of a window or session "
+                "store"
+            )
+        if key not in stage:
+            return stored
+        raw = stage[key]
+    new = decode_stream_time(raw)
+    if new > wk.MAX_TIME:
+        raise InvalidArgumentError(f"the stream time {new} ms is beyond 2**63 - 1 ms")
+    if new < stored:
+        raise InvalidArgumentError(
+            f"the commit sets the stream time to {new} ms, before the stored {stored} ms: "
+            "stream time never goes back (segment drops are derived from it)"
+        )
+    return new
 
 
 def check_ranges(

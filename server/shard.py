@@ -240,8 +240,8 @@ class Shard:
                 )
             ranges: list[segments.Range] = []
             if range_begin or range_end or self.spec.windowed:
-                ranges = self._check_windowed(put_keys, put_values, range_begin, range_end,
-                                              have > 0)
+                ranges = self._check_windowed(put_keys, put_values, delete_keys, range_begin,
+                                              range_end, have > 0)
             if have:
                 st = self._stage
                 if ranges:  # staged writes precede the ranges: those inside are deleted too
@@ -448,13 +448,13 @@ class Shard:
             raise InvalidArgumentError("a key is both put and deleted in one batch")
 
     def _check_windowed(
-        self, put_keys: Sequence[bytes], put_values: Sequence[bytes],
+        self, put_keys: Sequence[bytes], put_values: Sequence[bytes], delete_keys: Sequence[bytes],
         range_begin: Sequence[bytes], range_end: Sequence[bytes], staged: bool,
     ) -> list[segments.Range]:
         """The commit's range deletes, checked against the stream time it leaves behind; and no
         put (staged or not) may land in an expired segment (server/segments.py)."""
         stage = self._stage if staged else {}
-        st = segments.batch_stream_time(put_keys, put_values, stage, self.db)
+        st = segments.batch_stream_time(put_keys, put_values, delete_keys, stage, self.db)
         ranges = segments.check_ranges(self.spec, range_begin, range_end, st)
         if self.spec.windowed:
             segments.check_no_expired_puts(self.spec, put_keys, st)

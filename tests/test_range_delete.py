@@ -198,3 +198,41 @@ def test_the_server_accepts_range_deletes_of_expired_segments_only(server: Runni
                                        commit_seq=2, batch=pb.WriteBatch(
                                            range_begin=[b"\x01"], range_end=[b"\x02"])))
         ws.close()
+
+
+def test_the_server_refuses_a_commit_that_moves_stream_time_back(server: RunningServer) -> None:
+    """Stream time only grows: restore re-derives the segment drops from its newest value and
+    never un-drops a segment, so a commit that lowered it (or deleted it) would let the live
+    server accept puts into segments that a restore then drops, and un-hide expired windows
+    to readers."""
+    bad = errors.InvalidArgumentError
+    with connect(f"127.0.0.1:{server.port}") as client:
+        def window_kv() -> RemoteKeyValueStore:
+            return RemoteKeyValueStore(client, "ranges-backwards", 0, 0, buffer_max_bytes=1 << 20,
+                                       buffer_max_entries=1000, store_type=pb.STORE_TYPE_WINDOW,
+                                       window_size_ms=MIN, retention_ms=MIN)
+
+        ws = window_kv()
+        ws.put(*st(5 * MIN))
+        ws.put(w(b"k", 5 * MIN), b"v")
+        ws.commit()
+        for stage in (False, True):
+            ws = window_kv()
+            ws.put(*st(MIN))
+            if stage:  # the lower stream time reaches the server in a staged batch
+                ws._stage()
+            with pytest.raises(bad, match=r"stream time .* before .*300000"):
+                ws.commit()
+        ws = window_kv()
+        ws.put(wk.STREAM_TIME_KEY, None)
+        with pytest.raises(bad, match="stream time"):
+            ws.commit()
+        ws = window_kv()
+        ws.put(wk.STREAM_TIME_KEY, b"\xff" * 8)  # 2**64 - 1: beyond any time
+        with pytest.raises(bad, match="stream time"):
+            ws.commit()
+        ws = window_kv()
+        ws.put(*st(5 * MIN))  # the same stream time again is fine
+        ws.commit()
+        assert data(ws) == [w(b"k", 5 * MIN)]
+        ws.close()
