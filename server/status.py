@@ -103,12 +103,14 @@ def shard_status(svc: StoreService, shard: Shard,
 
 def server_status(svc: StoreService, store: str = "", list_stores: bool = False) -> ServerStatus:
     """The open shards (of `store`, or all), sorted; with `list_stores`, every store name known
-    locally or in the object store (a listing call)."""
+    locally or in the object store (a listing call), or with `store` only that one: a caller
+    allowed to see one store must not learn the names of the others."""
     shards = sorted(
         (s for s in svc.registry.open_shards() if not store or s.spec.name == store),
         key=lambda s: (s.spec.name, s.partition),
     )
-    stores = [s.name for s in svc.registry.list_specs()] if list_stores else []
+    stores = ([s.name for s in svc.registry.list_specs() if not store or s.name == store]
+              if list_stores else [])
     lags = svc.standbys.lag_seconds() if svc.standbys is not None else {}
     return ServerStatus(
         version=__version__,

@@ -170,6 +170,21 @@ def test_prefix_permissions(auth_server: str) -> None:
             c.key_value_store("order")  # a prefix of the prefix is not enough
 
 
+def test_inspect_of_one_store_names_no_other_store(auth_server: str) -> None:
+    """A token scoped to orders-* may Inspect its own store, but the answer must not list the
+    names of stores it has no access to (Inspect of every store needs the prefix "")."""
+    seeded(auth_server, "payments-private")
+    seeded(auth_server, "orders-inspected")
+    resp = raw_call(auth_server, "Inspect", pb.InspectRequest(store="orders-inspected"),
+                    ORDERS)
+    assert list(resp.stores) == ["orders-inspected"]
+    assert {s.store for s in resp.shards} <= {"orders-inspected"}
+    everything = raw_call(auth_server, "Inspect", pb.InspectRequest(), RO)
+    assert {"payments-private", "orders-inspected"} <= set(everything.stores)
+    with pytest.raises(errors.PermissionDeniedError):
+        raw_call(auth_server, "Inspect", pb.InspectRequest(), ORDERS)
+
+
 def test_open_services_and_malformed_requests(auth_server: str) -> None:
     with grpc.insecure_channel(auth_server) as ch:
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
