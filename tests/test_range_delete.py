@@ -17,7 +17,7 @@ import pytest
 from tierstore import windowkeys as wk
 from tierstore.client import InMemoryKeyValueStore, LocalKeyValueStore, connect, errors
 from tierstore.client.buffered import BufferedKeyValueStore
-from tierstore.client.remote import RemoteKeyValueStore
+from tierstore.client.remote import Client, RemoteKeyValueStore
 from tierstore.server.app import RunningServer, create_server
 from tierstore.server.config import ServerConfig
 from tierstore.v1 import store_pb2 as pb
@@ -166,9 +166,7 @@ def test_the_server_accepts_range_deletes_of_expired_segments_only(server: Runni
         kv.close()
 
         def window_kv() -> RemoteKeyValueStore:
-            return RemoteKeyValueStore(client, "ranges-checked", 0, 0, buffer_max_bytes=1 << 20,
-                                       buffer_max_entries=1000, store_type=pb.STORE_TYPE_WINDOW,
-                                       window_size_ms=MIN, retention_ms=MIN)
+            return _raw_window_store(client, "ranges-checked")
 
         ws = window_kv()
         ws.put(*st(3 * MIN))
@@ -200,6 +198,13 @@ def test_the_server_accepts_range_deletes_of_expired_segments_only(server: Runni
         ws.close()
 
 
+def _raw_window_store(client: Client, name: str) -> RemoteKeyValueStore:
+    """A window store's shard through the raw key-value handle (window keys by hand)."""
+    return RemoteKeyValueStore(client, name, 0, 0, buffer_max_bytes=1 << 20,
+                               buffer_max_entries=1000, store_type=pb.STORE_TYPE_WINDOW,
+                               window_size_ms=MIN, retention_ms=MIN)
+
+
 def test_the_server_refuses_a_commit_that_moves_stream_time_back(server: RunningServer) -> None:
     """Stream time only grows: restore re-derives the segment drops from its newest value and
     never un-drops a segment, so a commit that lowered it (or deleted it) would let the live
@@ -208,9 +213,7 @@ def test_the_server_refuses_a_commit_that_moves_stream_time_back(server: Running
     bad = errors.InvalidArgumentError
     with connect(f"127.0.0.1:{server.port}") as client:
         def window_kv() -> RemoteKeyValueStore:
-            return RemoteKeyValueStore(client, "ranges-backwards", 0, 0, buffer_max_bytes=1 << 20,
-                                       buffer_max_entries=1000, store_type=pb.STORE_TYPE_WINDOW,
-                                       window_size_ms=MIN, retention_ms=MIN)
+            return _raw_window_store(client, "ranges-backwards")
 
         ws = window_kv()
         ws.put(*st(5 * MIN))
