@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest.mock import MagicMock
+from unittest.mock import MagicMock, PropertyMock
 
 import pytest
 
@@ -52,8 +52,11 @@ def measure(db: ShardDB) -> tuple[int, int]:
 
 
 def spy_on(db: ShardDB) -> Any:
-    """A spy with exactly ShardDB's attributes (spec_set) that forwards every call to `db`."""
-    return MagicMock(spec_set=db, wraps=db)
+    """A spy with exactly ShardDB's attributes (spec_set) that forwards every call to `db`,
+    and reads its `closed` flag (a plain attribute: a mock's own would always be truthy)."""
+    spy = MagicMock(spec_set=db, wraps=db)
+    type(spy).closed = PropertyMock(side_effect=lambda: db.closed)
+    return spy
 
 
 @pytest.mark.parametrize("kind", ["local", "remote"])

@@ -993,7 +993,7 @@ class InspectResponse(_message.Message):
     def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardStatus]: ...
     @_builtins.property
     def stores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """every store known here or in the object store"""
+        """every store known here or in the object store (only `store`, if set)"""
 
     def __init__(
         self,
