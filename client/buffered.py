@@ -163,6 +163,10 @@ class BufferedKeyValueStore:
             self._after_write(nk + nv)
             return
         self._check_write(key, value, ttl_ms)
+        self._buffer(key, value, ttl_ms)
+
+    def _buffer(self, key: bytes, value: bytes | None, ttl_ms: int | None = None) -> None:
+        """Buffer a write that `_check_write` accepted."""
         if value is not None and self._ttl_ms:
             value = ttlcodec.encode(value, ttl_ms or self._ttl_ms, self.clock())
         self._writes[key] = value
@@ -196,7 +200,7 @@ class BufferedKeyValueStore:
         for k, v in batch:
             self._check_write(k, v)
         for k, v in batch:
-            self.put(k, v)
+            self._buffer(k, v)
 
     def put_if_absent(self, key: bytes, value: bytes, ttl_ms: int | None = None) -> bytes | None:
         old = self.get(key)

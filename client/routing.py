@@ -170,15 +170,10 @@ class Router:
             msg = next(it)
         except BaseException as exc:
             if self._watch.done(token) and isinstance(exc, grpc.RpcError):
-                raise UnavailableError(
-                    f"UNAVAILABLE: {address} sent nothing on the stream for {idle_s:g}s (the "
-                    "client's timeout): the server is stuck or unreachable; the call was "
-                    "cancelled") from exc
+                raise _idle(address, idle_s) from exc
             raise
         if self._watch.done(token):  # cancelled just as the message came: the call is over
-            raise UnavailableError(
-                f"UNAVAILABLE: {address} sent nothing on the stream for {idle_s:g}s; the call "
-                "was cancelled")
+            raise _idle(address, idle_s)
         return msg
 
     def _next_address(
@@ -227,3 +222,9 @@ class Router:
             self._channels.clear()
             self._stubs.clear()
             self._calls.clear()
+
+
+def _idle(address: str, idle_s: float) -> UnavailableError:
+    return UnavailableError(
+        f"UNAVAILABLE: {address} sent nothing on the stream for {idle_s:g}s (the client's "
+        "timeout): the server is stuck or unreachable; the call was cancelled")

@@ -18,6 +18,7 @@ shard lock.
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from tierstore.server.errors import UnavailableError
@@ -56,9 +57,8 @@ def claim_shard(shard: Shard, min_epoch: int = 0) -> ShardMeta:
         # In doubt: the marker may be in the log, and restore then drops every later record of
         # an older epoch. So the old epoch is fenced here as well, and the next claim takes a
         # newer one. The keys to repair stay with the shard.
-        shard._repair |= repair
+        _in_doubt(shard, new.epoch, repair)
         shard.log_end = None
-        shard.epoch_floor = max(shard.epoch_floor, new.epoch)
         raise
     if start is not None and offset == start:
         # Nothing landed between what this server applied or knows of and its marker: the
@@ -71,12 +71,19 @@ def claim_shard(shard: Shard, min_epoch: int = 0) -> ShardMeta:
         shard.db.apply_log([], [], meta)
     except UnavailableError as exc:
         shard.broken = f"local write failed after the claim's changelog append: {exc}"
-        shard.epoch_floor = max(shard.epoch_floor, new.epoch)
+        _in_doubt(shard, new.epoch)
         raise
     shard.meta = meta
     shard.log_end = offset + 1
     _repair(shard, meta, repair | uncommitted, new.offsets)
     return ShardMeta(meta.epoch, meta.commit_seq, meta.changelog_offset, dict(meta.offsets))
+
+
+def _in_doubt(shard: Shard, epoch: int, repair: AbstractSet[bytes] = frozenset()) -> None:
+    """The claim of `epoch` may be in the log: fence the older epochs here too (restore drops
+    their later records), and keep the keys still to repair with the shard."""
+    shard.epoch_floor = max(shard.epoch_floor, epoch)
+    shard._repair |= repair
 
 
 def _catch_up(shard: Shard, new: ShardMeta, claim_id: str, start: int | None, offset: int,
@@ -92,9 +99,8 @@ def _catch_up(shard: Shard, new: ShardMeta, claim_id: str, start: int | None, of
     except UnavailableError as exc:
         # The claim is in the log, but what precedes it is unknown: reload (its replay applies
         # everything up to the claim) and answer "in doubt".
-        shard._repair |= repair
         shard.broken = f"the claim's catch-up could not read the changelog: {exc}"
-        shard.epoch_floor = max(shard.epoch_floor, new.epoch)
+        _in_doubt(shard, new.epoch, repair)
         raise UnavailableError(
             f"shard {shard.name}: the claim is in the changelog, but reading the records "
             f"before it failed ({exc}); reopen the store") from exc

@@ -48,6 +48,13 @@ def _restored(tmp: Path, broker: Broker) -> tuple[bytes | None, dict[str, int]]:
         fresh.shutdown(snapshot=False)
 
 
+def _assert_restore_agrees(tmp: Path, broker: Broker, acked: bool) -> None:
+    """A restore from the log keeps the old owner's second commit exactly when it was acked."""
+    expected = (b"v2", {"in:0": 2}) if acked else (b"v1", {"in:0": 1})
+    assert _restored(tmp, broker) == expected, (
+        "an acknowledged commit was dropped on restore" if acked else "a fenced commit restored")
+
+
 def test_a_claim_whose_marker_landed_unacknowledged_fences_the_old_epoch(
     tmp_path: Path, broker: Broker
 ) -> None:
@@ -62,9 +69,7 @@ def test_a_claim_whose_marker_landed_unacknowledged_fences_the_old_epoch(
         acked = _old_owner_commits(svc, old.epoch)
     finally:
         svc.shutdown(snapshot=False)
-    expected = (b"v2", {"in:0": 2}) if acked else (b"v1", {"in:0": 1})
-    assert _restored(tmp_path, broker) == expected, (
-        "an acknowledged commit was dropped on restore" if acked else "a fenced commit restored")
+    _assert_restore_agrees(tmp_path, broker, acked)
 
 
 def test_newer_uncommitted_records_in_the_log_fence_the_old_epoch_after_a_reload(
@@ -88,6 +93,4 @@ def test_newer_uncommitted_records_in_the_log_fence_the_old_epoch_after_a_reload
         acked = _old_owner_commits(svc, old.epoch)
     finally:
         svc.shutdown(snapshot=False)
-    expected = (b"v2", {"in:0": 2}) if acked else (b"v1", {"in:0": 1})
-    assert _restored(tmp_path, broker) == expected, (
-        "an acknowledged commit was dropped on restore" if acked else "a fenced commit restored")
+    _assert_restore_agrees(tmp_path, broker, acked)
