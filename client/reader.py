@@ -159,8 +159,8 @@ class StoreReader:
     @rpc
     def _get(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
         o = self.options
-        resp = self._c.call(
-            self.name, partition, "Get",
+        resp = self._c.get(
+            self.name, partition,
             pb.GetRequest(store=self.name, partition=partition, keys=keys,
                           **o.fields(partition)),
             timeout=o.timeout(self._c.timeout_s), stale=o.allow_stale,

@@ -89,6 +89,14 @@ class Client:
                                 self.timeout_s if timeout is None else timeout,
                                 retry_unavailable=retry_unavailable, stale=stale)
 
+    def get(self, store: str, partition: int, request: pb.GetRequest,
+            timeout: float | None = None, stale: bool = False) -> pb.GetResponse:
+        """A Get routed to the shard's server, on its GetStream when possible (see
+        tierstore.client.getstream)."""
+        resp: pb.GetResponse = self.router.get(
+            (store, partition), request, self.timeout_s if timeout is None else timeout, stale)
+        return resp
+
     def stream_call(self, store: str, partition: int, method: str, request: Any,
                     stale: bool = False, idle_s: float | None = None) -> Iterator[Any]:
         """A server-streaming call; a wait of more than `idle_s` (default: the client's
@@ -291,8 +299,8 @@ class RemoteKeyValueStore(BufferedKeyValueStore):
 
     @rpc
     def _backend_get(self, keys: list[bytes]) -> list[bytes | None]:
-        resp = self._c.call(
-            self.name, self.partition, "Get",
+        resp = self._c.get(
+            self.name, self.partition,
             pb.GetRequest(store=self.name, partition=self.partition, epoch=self.epoch, keys=keys),
         )
         return [v if f else None for v, f in zip(resp.values, resp.found, strict=True)]

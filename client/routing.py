@@ -23,6 +23,7 @@ import grpc
 
 from tierstore.client._grpc import waits_full
 from tierstore.client.errors import UnavailableError
+from tierstore.client.getstream import GetStreams
 from tierstore.client.streamwatch import StreamWatch
 from tierstore.v1 import store_pb2_grpc
 
@@ -58,6 +59,12 @@ class Router:
         self._known: list[str] = list(self.seeds)
         self.redirects = 0
         self._watch = StreamWatch()
+        self._gets = GetStreams(self._watch)
+
+    @property
+    def stream_reads(self) -> int:
+        """Reads answered on a GetStream so far (the rest went through unary calls)."""
+        return self._gets.answered
 
     def stub(self, address: str) -> store_pb2_grpc.StateStoreStub:
         with self._lock:
@@ -126,6 +133,18 @@ class Router:
                     delay = min(delay * 2, 0.5)
                 address = nxt
                 remaining = max(deadline - time.monotonic(), 0.05)
+
+    def get(self, shard: tuple[str, int], request: Any, timeout: float,
+            stale: bool = False) -> Any:
+        """A Get: on the server's GetStream when it can answer there (see
+        client/getstream.py), else the unary call with its redirects and retries."""
+        if not request.min_offsets:  # a wait for offsets holds the stream: unary
+            address = self.address_for(shard)
+            resp = self._gets.get(address, self._callable(address, "GetStream"),
+                                  self.metadata, request, timeout)
+            if resp is not None:
+                return resp
+        return self.call(shard, "Get", request, timeout, stale=stale)
 
     def stream(
         self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,
@@ -215,6 +234,7 @@ class Router:
         return self._candidates(shard)[0]
 
     def close(self) -> None:
+        self._gets.close()
         self._watch.close()
         with self._lock:
             for channel in self._channels.values():

@@ -13,8 +13,10 @@ The token file (``--auth-tokens FILE``) is TOML, or JSON when its name ends in `
 
 A client sends ``authorization: Bearer <token>`` metadata. Every StateStore call needs a known
 token; health checks and reflection stay open. Open, Stage, Commit, Close and Snapshot need
-"read-write" on the store they name, Get, Scan, Count, DescribeStore and Inspect need "read"
-(which "read-write" includes; Inspect of every store needs a permission with prefix ""). A
+"read-write" on the store they name, Get, GetStream, Scan, Count, DescribeStore and Inspect
+need "read" (GetStream checks the token when it starts and the store of every request in it;
+a refused request is answered in the stream); "read-write" includes "read"; Inspect of every
+store needs a permission with prefix "". A
 call is allowed when any permission of its token whose prefix starts the store name grants the
 access it needs.
 
@@ -57,6 +59,7 @@ ACCESS_OF: Mapping[str, str] = {
     "Close": READ_WRITE,
     "Snapshot": READ_WRITE,
     "Get": READ,
+    "GetStream": READ,  # checked at the stream's start (the token) and per request (the store)
     "Scan": READ,
     "Count": READ,
     "DescribeStore": READ,
@@ -69,6 +72,15 @@ ACCESS_OF: Mapping[str, str] = {
 # of any request's bytes yields the same `store` as the full parse would (other fields are kept
 # as unknown fields and ignored).
 _StoreOnly = pb.DescribeStoreRequest
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request of a client stream that the interceptor refused: the handler answers it with
+    this status in the stream instead of serving it."""
+
+    code: grpc.StatusCode
+    message: str
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = {"name", "token", "token_sha256", "permissions"}
@@ -227,8 +239,12 @@ def _with_behavior(handler: grpc.RpcMethodHandler,
                    fn: Callable[[Any, grpc.ServicerContext], Any]) -> grpc.RpcMethodHandler:
     kw = {"request_deserializer": handler.request_deserializer,
           "response_serializer": handler.response_serializer}
-    if handler.request_streaming or (not handler.unary_unary and not handler.unary_stream):
-        raise TypeError("auth interceptor: streaming requests are not supported")
+    if handler.request_streaming:
+        if not handler.stream_stream:
+            raise TypeError("auth interceptor: client-streaming calls are not supported")
+        return grpc.stream_stream_rpc_method_handler(fn, **kw)
+    if not handler.unary_unary and not handler.unary_stream:
+        raise TypeError("auth interceptor: a handler without a behavior")
     if handler.response_streaming:
         def stream(request: object, context: grpc.ServicerContext) -> Any:
             result = fn(request, context)
@@ -276,6 +292,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
     @staticmethod
     def _checked(handler: grpc.RpcMethodHandler, grant: Grant, method: str, access: str
                  ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        if handler.stream_stream:
+            return AuthInterceptor._checked_stream(handler.stream_stream, grant, method, access)
         inner = handler.unary_stream if handler.response_streaming else handler.unary_unary
 
         def behavior(request: object, context: grpc.ServicerContext) -> Any:
@@ -292,5 +310,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     f"(needed by {method})",
                 )
             return inner(request, context)
+
+        return behavior
+
+    @staticmethod
+    def _checked_stream(inner: Callable[[Any, grpc.ServicerContext], Any], grant: Grant,
+                        method: str, access: str
+                        ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """The token was checked when the stream started; each request's store is checked as
+        it arrives, and a refused one reaches the handler as a Refusal (the stream goes on)."""
+
+        def checked(requests: Any) -> Any:
+            for request in requests:
+                try:
+                    store = store_of(request)
+                except ValueError as exc:
+                    yield Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    continue
+                if not grant.allows(store, access):
+                    log.info("refused %s on store %r for token %s: needs %s",
+                             method, store, grant.name, access)
+                    yield Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"token {grant.name!r} lacks {access} access to store "
+                                  f"{store!r} (needed by {method})")
+                    continue
+                yield request
+
+        def behavior(requests: Any, context: grpc.ServicerContext) -> Any:
+            return inner(checked(requests), context)
 
         return behavior

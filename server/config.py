@@ -87,6 +87,10 @@ class ServerConfig:
     # Limits, so that one client cannot exhaust the server (beyond: RESOURCE_EXHAUSTED).
     max_concurrent_streams: int = 100  # HTTP/2 streams per connection
     max_concurrent_rpcs: int = 1000  # calls in progress on the whole server
+    # GetStream calls (point reads on one long-lived stream) open at once; each holds a thread
+    # of its own (added to grpc_workers). Beyond it a client reads with unary Get calls.
+    max_get_streams: int = 64
+    get_stream_idle_s: float = 60.0  # a stream without a request this long is ended
     # Several servers (see tierstore.server.cluster): peers are HOST:PORT or dns:NAME:PORT,
     # comma-separated; advertise is this server's address as peers and clients reach it.
     peers: str = ""
@@ -117,9 +121,12 @@ class ServerConfig:
         for name in ("snapshot_every_commits", "snapshot_keep", "snapshot_workers",
                      "max_value_bytes", "max_staged_bytes", "max_message_bytes",
                      "scan_page_size", "grpc_workers", "max_concurrent_streams",
-                     "max_concurrent_rpcs"):
+                     "max_concurrent_rpcs", "max_get_streams"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not self.get_stream_idle_s > 0:  # zero, negative or NaN
+            raise ConfigError(f"get_stream_idle_s: must be positive, got "
+                              f"{self.get_stream_idle_s}")
         if self.snapshot_interval_s <= 0:
             raise ConfigError("snapshot_interval_s: must be positive")
         if self.max_value_bytes + 65536 > self.max_message_bytes:
@@ -201,6 +208,8 @@ FLAGS: Mapping[str, str] = {
     "--peer-tls-server-name": "peer_tls_server_name",
     "--max-concurrent-streams": "max_concurrent_streams",
     "--max-concurrent-rpcs": "max_concurrent_rpcs",
+    "--max-get-streams": "max_get_streams",
+    "--get-stream-idle-s": "get_stream_idle_s",
     "--max-message-bytes": "max_message_bytes",
     "--scan-page-size": "scan_page_size",
     "--config": "config",

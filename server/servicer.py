@@ -15,7 +15,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from tierstore.server import errors
+from tierstore.server.auth import Refusal
 from tierstore.server.freshness import ReadFreshness
+from tierstore.server.getstreams import GetStreams
 from tierstore.server.service import StoreService
 from tierstore.v1 import store_pb2 as pb
 
@@ -101,9 +103,26 @@ def _type_name(t: int) -> str:
     return name
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _stream_error(code: grpc.StatusCode, message: str) -> bytes:
+    value: int = code.value[0]
+    return pb.GetStreamResponse(error_code=value, error_message=message).SerializeToString()
+
+
 class Servicer:
-    def __init__(self, service: StoreService) -> None:
+    def __init__(self, service: StoreService, observe: Observe | None = None) -> None:
         self.svc = service
+        self.observe = observe
+        cfg = service.cfg
+        self.get_streams = GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
 
     # Each handler takes the request bytes and returns the response bytes.
     def Open(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -155,6 +174,40 @@ class Servicer:
         return pb.GetResponse(
             values=[v if v is not None else b"" for v in values], found=found
         ).SerializeToString()
+
+    def GetStream(self, requests: Iterator[bytes | Refusal],
+                  context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Answers each request in order; an error is answered in the stream (which stays
+        open), as the status the unary Get would have ended with. The stream's own failures
+        (no free slot) end it with that status."""
+        slot = self.get_streams.enter(context)
+        try:
+            for item in requests:
+                slot.start()
+                yield self._stream_answer(item, context)
+                slot.finish()
+        finally:
+            self.get_streams.leave(slot)
+
+    def _stream_answer(self, item: bytes | Refusal, context: grpc.ServicerContext) -> bytes:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            if isinstance(item, Refusal):  # the auth interceptor refused this request
+                code = item.code
+                return _stream_error(code, item.message)
+            result = self.Get(item, context)
+            # GetStreamResponse{result = <the GetResponse bytes>}: field 1, length-delimited.
+            return b"\n" + _varint(len(result)) + result
+        except Exception as exc:
+            code = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("internal error in GetStream")
+                return _stream_error(code, f"internal error in GetStream: "
+                                           f"{type(exc).__name__}: {exc}")
+            return _stream_error(code, str(exc))
+        finally:
+            if self.observe is not None:
+                self.observe("GetStream", code.name, time.perf_counter() - started)
 
     def Scan(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         req = _parse(pb.ScanRequest, data)
@@ -288,6 +341,24 @@ def _stream(
     return grpc.unary_stream_rpc_method_handler(handler)
 
 
+def _bidi(
+    fn: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[bytes]], name: str,
+) -> Any:
+    """A stream-stream handler; only the stream's own failure ends it with a status (each
+    request's outcome is answered in the stream and observed there)."""
+    def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            yield from fn(requests, context)
+        except GeneratorExit:  # the client went away, or the stream was cancelled
+            raise
+        except grpc.RpcError:  # the same, seen by the request iterator: the call is over
+            return
+        except Exception as exc:
+            _abort(context, exc, name)
+
+    return grpc.stream_stream_rpc_method_handler(handler)
+
+
 def generic_handler(
     service: StoreService, observe: Observe | None = None
 ) -> grpc.GenericRpcHandler:
@@ -300,7 +371,7 @@ def method_handlers(
 ) -> dict[str, grpc.RpcMethodHandler]:
     """The StateStore handlers by method name (for `add_registered_method_handlers`, or
     wrapped by `generic_handler`)."""
-    s = Servicer(service)
+    s = Servicer(service, observe)
     unary = {
         "Open": s.Open, "Stage": s.Stage, "Commit": s.Commit, "Get": s.Get, "Count": s.Count,
         "Close": s.Close, "DescribeStore": s.DescribeStore, "Snapshot": s.Snapshot,
@@ -308,4 +379,5 @@ def method_handlers(
     }
     handlers = {name: _unary(fn, name, observe) for name, fn in unary.items()}
     handlers["Scan"] = _stream(s.Scan, "Scan", observe)
+    handlers["GetStream"] = _bidi(s.GetStream, "GetStream")
     return handlers

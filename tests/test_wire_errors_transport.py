@@ -6,6 +6,7 @@ fixture is session-scoped, so in a run of them all it sees the server they all u
 
 from __future__ import annotations
 
+import queue
 import random
 from typing import Any
 
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from tests.wirehelp import INVALID, NOT_FOUND, REQUEST_OF, SERVICE, TIMEOUT, Wire, batch, fresh
 from tierstore.client import connect
+from tierstore.v1 import store_pb2 as pb
 
 
 # --- garbage on the wire ------------------------------------------------------------------------
@@ -71,6 +73,31 @@ def test_garbage_bytes(wire: Wire, method: str) -> None:
     assert refused >= 20
 
 
+def test_garbage_on_a_get_stream(wire: Wire) -> None:
+    """Every message on one GetStream is answered in the stream: garbage with INVALID_ARGUMENT
+    ("malformed"), never INTERNAL, and the stream stays open for the next."""
+    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    call = wire.channel.stream_stream(f"/{SERVICE}/GetStream", request_serializer=None,
+                                      response_deserializer=pb.GetStreamResponse.FromString)
+    answers = call(iter(requests.get, None), timeout=120)
+    refused = 0
+    try:
+        for data in garbage():
+            requests.put(data)
+            resp = next(answers)
+            if not parses(pb.GetRequest, data):
+                assert resp.error_code == INVALID.value[0], (data[:16], resp)
+                assert "malformed" in resp.error_message, resp.error_message
+                refused += 1
+            else:
+                assert resp.error_code not in (grpc.StatusCode.INTERNAL.value[0],
+                                               grpc.StatusCode.UNKNOWN.value[0]), resp
+    finally:
+        requests.put(None)
+    assert refused >= 20
+    wire.assert_serving()
+
+
 # --- health and reflection ----------------------------------------------------------------------
 def test_health_and_reflection(wire: Wire) -> None:
     assert wire.health("") == health_pb2.HealthCheckResponse.SERVING
@@ -84,7 +111,7 @@ def test_health_and_reflection(wire: Wire) -> None:
     assert SERVICE in services
     assert "grpc.health.v1.Health" in services
     desc = descriptor_pool.DescriptorPool(db).FindServiceByName(SERVICE)
-    assert {m.name for m in desc.methods} == set(REQUEST_OF)
+    assert {m.name for m in desc.methods} == {*REQUEST_OF, "GetStream"}
 
 
 # --- after all of the above ---------------------------------------------------------------------

@@ -60,6 +60,9 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "per-store-prefix read / read-write permissions",
         "--max-concurrent-streams": "HTTP/2 streams per connection (default 100)",
         "--max-concurrent-rpcs": "calls in progress; beyond: RESOURCE_EXHAUSTED (default 1000)",
+        "--max-get-streams": "GetStream calls (clients' point-read streams) open at once, each "
+        "with a thread of its own; beyond, clients use unary Get (default 64)",
+        "--get-stream-idle-s": "end a GetStream idle this long (default 60)",
         "--max-message-bytes": "largest gRPC message (default 64 MiB); beyond: "
         "RESOURCE_EXHAUSTED",
         "--scan-page-size": "most entries per scan page (default 1000)",

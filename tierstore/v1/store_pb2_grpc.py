@@ -54,6 +54,11 @@ class StateStoreStub:
                 request_serializer=tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_store__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.GetStream = channel.stream_stream(
+                '/tierstore.v1.StateStore/GetStream',
+                request_serializer=tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
+                response_deserializer=tierstore_dot_v1_dot_store__pb2.GetStreamResponse.FromString,
+                _registered_method=True)
         self.Scan = channel.unary_stream(
                 '/tierstore.v1.StateStore/Scan',
                 request_serializer=tierstore_dot_v1_dot_store__pb2.ScanRequest.SerializeToString,
@@ -112,6 +117,16 @@ class StateStoreServicer:
 
     def Get(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStream(self, request_iterator, context):
+        """The same reads over one long-lived stream: each GetRequest is answered by one
+        GetStreamResponse, in order. It saves a point read the per-call setup and the server's
+        hand-off of each call to a worker thread. The server caps open streams
+        (--max-get-streams; over it: RESOURCE_EXHAUSTED) and ends a stream idle for 60 s.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -175,6 +190,11 @@ def add_StateStoreServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=tierstore_dot_v1_dot_store__pb2.GetRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_store__pb2.GetResponse.SerializeToString,
+            ),
+            'GetStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.GetStream,
+                    request_deserializer=tierstore_dot_v1_dot_store__pb2.GetRequest.FromString,
+                    response_serializer=tierstore_dot_v1_dot_store__pb2.GetStreamResponse.SerializeToString,
             ),
             'Scan': grpc.unary_stream_rpc_method_handler(
                     servicer.Scan,
@@ -315,6 +335,33 @@ class StateStore:
             '/tierstore.v1.StateStore/Get',
             tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
             tierstore_dot_v1_dot_store__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tierstore.v1.StateStore/GetStream',
+            tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
+            tierstore_dot_v1_dot_store__pb2.GetStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
