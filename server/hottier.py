@@ -134,6 +134,23 @@ class ShardMeta:
     offsets: dict[str, int] = field(default_factory=dict)
 
 
+def log_batch(keys: Sequence[bytes], values: Sequence[bytes | None],
+              ranges: Sequence[tuple[bytes, bytes]] = ()) -> WriteBatch:
+    """The data part of `ShardDB.apply_log`'s WriteBatch, built without a database (restore
+    prepares batches while the snapshot downloads: server/replayahead.py)."""
+    wb = WriteBatch(raw_mode=True)
+    for begin, end in ranges:
+        wb.delete_range(begin, end)
+    put = wb.put
+    delete = wb.delete
+    for k, v in zip(keys, values, strict=True):
+        if v is None:
+            delete(k)
+        else:
+            put(k, v)
+    return wb
+
+
 class HotTier:
     """Opens shard databases under one shared block cache and write-buffer budget."""
 
@@ -310,18 +327,7 @@ class ShardDB:
     ) -> None:
         """Apply changelog records in log order (None deletes) with `meta`, in one WriteBatch,
         after the range deletes `ranges` (re-derived by restore, never logged)."""
-        wb = WriteBatch(raw_mode=True)
-        for begin, end in ranges:
-            wb.delete_range(begin, end)
-        put = wb.put
-        delete = wb.delete
-        for k, v in zip(keys, values, strict=True):
-            if v is None:
-                delete(k)
-            else:
-                put(k, v)
-        self._put_meta(wb, meta)
-        self._write(wb, sync=False)
+        self.write_prepared(log_batch(keys, values, ranges), meta, sync=False)
 
     def _put_meta(self, wb: WriteBatch, meta: ShardMeta) -> None:
         cf = self._meta_cf

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tierstore.server.hottier import ShardDB, ShardMeta
 from tierstore.server.logproto import CLAIM, MARKER_KEY, Marker, header_epoch, parse_marker
@@ -36,6 +37,16 @@ from tierstore.server.specs import StoreSpec
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of records read so far
+
+
+class ReplayTarget(Protocol):
+    """What a replay writes to: a ShardDB, or (while the snapshot still downloads) the
+    batches held for it by server/replayahead.py."""
+
+    def read_meta(self) -> ShardMeta: ...
+
+    def apply_log(self, keys: Sequence[bytes], values: Sequence[bytes | None], meta: ShardMeta,
+                  ranges: Sequence[tuple[bytes, bytes]] = ()) -> None: ...
 
 
 @dataclass
@@ -102,7 +113,7 @@ class LogPrefix(ReadOnlyView):
 
 
 def replay_changelog(
-    db: ShardDB,
+    db: ReplayTarget,
     changelog: Changelog,
     store: str,
     partition: int,
@@ -117,7 +128,11 @@ def replay_changelog(
     batch nor anything after it is applied (`stopped_at`, `stop_marker` say where; `end_offset`
     and `uncommitted_keys` then describe only what was read before it)."""
     started = time.monotonic()
-    drops = SegmentDrops(spec, db) if spec is not None and spec.windowed else None
+    drops = None
+    if spec is not None and spec.windowed:
+        if not isinstance(db, ShardDB):  # segment drops read the stream time from the db
+            raise TypeError("a window or session store replays into an open ShardDB only")
+        drops = SegmentDrops(spec, db)
     meta = db.read_meta()
     result = ReplayResult(meta=meta, max_epoch=meta.epoch)
     max_epoch = meta.epoch
