@@ -35,7 +35,7 @@ from tierstore.server.restore import Progress, ReplayResult, replay_changelog
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # keys and values held before the database is open
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024  # keys and values held before the database is open
 
 
 class Cancelled(Exception):
