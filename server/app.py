@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from tierstore.server.auth import AuthInterceptor, TokenTable
 from tierstore.server.cluster import ClusterConfig, HealthProbe, Membership
 from tierstore.server.config import ServerConfig
+from tierstore.server.getstreams import GetStreams
 from tierstore.server.health import StoreHealth
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
@@ -58,6 +59,7 @@ class RunningServer:
     host: str
     metrics: ServerMetrics | None = None  # with cfg.metrics_listen; metrics.port is the real port
     store_health: StoreHealth | None = None
+    get_streams: GetStreams | None = None
 
     def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful shutdown: NOT_SERVING, drain in-flight calls, snapshot, flush, close."""
@@ -66,6 +68,8 @@ class RunningServer:
         else:
             self.health.enter_graceful_shutdown()
         g = self.service.cfg.shutdown_grace_s if grace is None else grace
+        if self.get_streams is not None:
+            self.get_streams.close()  # idle read streams would hold the grace period up
         self.server.stop(g).wait()
         self.service.shutdown(snapshot=snapshot)
         if self.metrics is not None:
@@ -109,12 +113,14 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
         maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
     )
     observe = metrics.observe_rpc if metrics is not None else None
+    get_streams = GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
     if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63
         # Registered methods: gRPC core matches the method (the client's stubs register
         # theirs too), and no generic handler is searched on each call.
-        server.add_registered_method_handlers(SERVICE_NAME, method_handlers(svc, observe))
+        server.add_registered_method_handlers(SERVICE_NAME,
+                                              method_handlers(svc, observe, get_streams))
     else:
-        server.add_generic_rpc_handlers((generic_handler(svc, observe),))
+        server.add_generic_rpc_handlers((generic_handler(svc, observe, get_streams),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -145,7 +151,8 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
             HealthProbe(peer_channel_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca,
                                                  cfg.peer_tls_ca), cfg.peer_tls_server_name),
         ))
-    return RunningServer(server, bound, svc, health_servicer, host, metrics, store_health)
+    return RunningServer(server, bound, svc, health_servicer, host, metrics, store_health,
+                         get_streams)
 
 
 def _metrics() -> ServerMetrics:

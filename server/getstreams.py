@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Protocol
 
-from tierstore.server.errors import ResourceExhaustedError
+from tierstore.server.errors import ResourceExhaustedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class GetStreams:
         self._tokens = itertools.count()
         self._reaper: threading.Thread | None = None
         self.reaped = 0  # streams cancelled for idleness (metrics, tests)
+        self.closed = False
 
     def open_count(self) -> int:
         return len(self._open)
@@ -63,6 +64,8 @@ class GetStreams:
     def enter(self, call: Cancellable) -> Slot:
         """A new stream takes a slot; ResourceExhaustedError when all are taken."""
         with self._lock:
+            if self.closed:
+                raise UnavailableError("the server is shutting down")
             if len(self._open) >= self.max_streams:
                 raise ResourceExhaustedError(
                     f"all {self.max_streams} GetStream slots of this server are taken "
@@ -78,6 +81,21 @@ class GetStreams:
     def leave(self, slot: Slot) -> None:
         with self._lock:
             self._open.pop(slot.token, None)
+
+    def close(self) -> None:
+        """Shutdown: no new stream; the idle ones are cancelled now, and a stream answering a
+        request ends after that answer (the handler checks `closed`), so that a graceful stop
+        does not wait its whole grace period for streams that would stay open."""
+        with self._lock:
+            self.closed = True
+            idle = [s for s in self._open.values() if not s.busy]
+            for s in idle:
+                del self._open[s.token]
+        for s in idle:
+            try:
+                s.call.cancel()
+            except Exception:
+                log.debug("cancelling a GetStream at shutdown failed", exc_info=True)
 
     def _reap(self) -> None:
         while True:

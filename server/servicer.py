@@ -118,11 +118,12 @@ def _stream_error(code: grpc.StatusCode, message: str) -> bytes:
 
 
 class Servicer:
-    def __init__(self, service: StoreService, observe: Observe | None = None) -> None:
+    def __init__(self, service: StoreService, observe: Observe | None = None,
+                 get_streams: GetStreams | None = None) -> None:
         self.svc = service
         self.observe = observe
         cfg = service.cfg
-        self.get_streams = GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
+        self.get_streams = get_streams or GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
 
     # Each handler takes the request bytes and returns the response bytes.
     def Open(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -186,6 +187,8 @@ class Servicer:
                 slot.start()
                 yield self._stream_answer(item, context)
                 slot.finish()
+                if self.get_streams.closed:  # shutting down: end the stream after the answer
+                    return
         finally:
             self.get_streams.leave(slot)
 
@@ -360,18 +363,22 @@ def _bidi(
 
 
 def generic_handler(
-    service: StoreService, observe: Observe | None = None
+    service: StoreService, observe: Observe | None = None,
+    get_streams: GetStreams | None = None,
 ) -> grpc.GenericRpcHandler:
     """The StateStore handlers; with `observe`, each call's method, status and duration."""
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service, observe))
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME, method_handlers(service, observe, get_streams))
 
 
 def method_handlers(
-    service: StoreService, observe: Observe | None = None
+    service: StoreService, observe: Observe | None = None,
+    get_streams: GetStreams | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """The StateStore handlers by method name (for `add_registered_method_handlers`, or
-    wrapped by `generic_handler`)."""
-    s = Servicer(service, observe)
+    wrapped by `generic_handler`). `get_streams`: the GetStream bookkeeping (the server closes
+    it at shutdown); by default one of the service's configuration."""
+    s = Servicer(service, observe, get_streams)
     unary = {
         "Open": s.Open, "Stage": s.Stage, "Commit": s.Commit, "Get": s.Get, "Count": s.Count,
         "Close": s.Close, "DescribeStore": s.DescribeStore, "Snapshot": s.Snapshot,

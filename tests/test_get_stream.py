@@ -265,3 +265,18 @@ def test_a_stream_that_never_answers_times_out(tmp_path: Path) -> None:
     finally:
         release.set()
         server.stop(0)
+
+
+def test_a_graceful_stop_does_not_wait_for_open_streams(tmp_path: Path) -> None:
+    server = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data"))
+    target = f"127.0.0.1:{server.port}"
+    data = seed(target, "s")
+    with connect(target, timeout_s=5) as c:
+        r = c.reader("s")
+        assert r.get(b"k001") == data[b"k001"]
+        assert c.router.stream_reads == 1  # a stream is open, and idle from now on
+        started = time.monotonic()
+        server.stop(grace=10.0, snapshot=False)
+        assert time.monotonic() - started < 5  # not the whole grace period
+        with pytest.raises(errors.UnavailableError):
+            r.get(b"k001")
