@@ -97,7 +97,8 @@ def _timed_claim(root: Path, name: str, store: str, flags: list[str],
         server.kill9()
         notes.extend(f"{name} server log: {line.split(': ', 1)[-1]}"
                      for line in server.log_tail(200_000).splitlines()
-                     if "restored snapshot" in line or "replayed" in line)
+                     if "restored snapshot" in line or "replayed" in line
+                     or "restore took" in line)
     return secs
 
 

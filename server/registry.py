@@ -348,6 +348,7 @@ class Registry:
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
                 source = "changelog" if self.changelog is not None else "new"
+        downloaded = time.monotonic()
         try:
             db = self.hot.open(path)
         except BaseException:
@@ -380,6 +381,11 @@ class Registry:
                 replay.seconds, len(replay.uncommitted_keys),
             )
         progress.phase, progress.finished = "done", time.monotonic()
+        if source != "local":
+            log.info("%s/%d: %s restore took %.2fs: %.2fs to the snapshot's download's end, "
+                     "then %.2fs to the changelog's end", spec.name, partition, source,
+                     progress.finished - progress.started, downloaded - progress.started,
+                     progress.finished - downloaded)
         return db, source, manifest, replay
 
     def probe_restore(self, spec: StoreSpec, partition: int, changelog_end: int
