@@ -9,6 +9,8 @@ to this handle only.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -33,6 +35,24 @@ from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+log = logging.getLogger("tierstore.client")
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a gRPC target names this host (localhost, 127.0.0.0/8, ::1, a unix socket)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.split("///", 1)[-1] if target.startswith("dns:") else target
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Client:
@@ -63,6 +83,10 @@ class Client:
         def make_channel(address: str) -> grpc.Channel:
             if creds is not None:
                 return grpc.secure_channel(address, creds, options=opts + tls_opts)
+            if token and not is_loopback(address):
+                log.warning("sending the bearer token to %s over plaintext: anyone on the path "
+                            "can read it; connect with tls=... (see docs: deploy/README.md, "
+                            "Security)", address)
             return grpc.insecure_channel(address, options=opts)
 
         self.target = target

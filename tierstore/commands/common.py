@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tqdm import tqdm
 
-from tierstore.client import Client, connect
+from tierstore.client import Client, TLSConfig, connect
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tierstore.server.hottier import HotTier
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -52,8 +52,20 @@ def parse_shard(text: str, need_partition: bool) -> tuple[str, int]:
 def add_server_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--server", metavar="HOST:PORT", required=required,
                    help="address of a running tierstore server")
-    p.add_argument("--token", default=None, help="bearer token, if the server requires one")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--token", default=None,
+                   help="bearer token, if the server requires one (visible to other users in "
+                   "the process list: prefer --token-file or TIERSTORE_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help="read the bearer token from FILE (its first line)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect with TLS, verifying the server with the system CA roots")
+    p.add_argument("--tls-ca", metavar="FILE", default=None,
+                   help="connect with TLS, verifying the server with this PEM CA (a private CA)")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="PEM client certificate, for servers that require mTLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", default=None, help="PEM key of --tls-cert")
+    p.add_argument("--tls-server-name", metavar="NAME", default=None,
+                   help="the name to expect in the server's certificate (when dialing an IP)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="deadline of each call (default 30; snapshots get at least 300)")
 
@@ -80,9 +92,41 @@ def offline_hot_tier(root: Path) -> HotTier:
     return HotTier(root, HotTierConfig(block_cache_bytes=64 * mib, write_buffer_bytes=64 * mib))
 
 
+TOKEN_ENV = "TIERSTORE_TOKEN"
+
+
+def token_of(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str | None:
+    """--token, else the first line of --token-file, else $TIERSTORE_TOKEN, else None."""
+    if args.token is not None and args.token_file is not None:
+        raise CommandError("give --token or --token-file, not both", USAGE)
+    if args.token is not None:
+        return str(args.token)
+    if args.token_file is not None:
+        try:
+            lines = Path(args.token_file).read_text().splitlines()
+        except OSError as exc:
+            raise CommandError(f"--token-file {args.token_file}: {exc.strerror or exc}",
+                               USAGE) from exc
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise CommandError(f"--token-file {args.token_file}: the file is empty", USAGE)
+        return token
+    env = os.environ if environ is None else environ
+    return env.get(TOKEN_ENV) or None
+
+
+def tls_of(args: argparse.Namespace) -> bool | TLSConfig | None:
+    """None (plaintext), True (system roots) or a TLSConfig from the --tls-* flags."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandError("give both --tls-cert and --tls-key, or neither", USAGE)
+    if args.tls_ca or args.tls_cert or args.tls_server_name:
+        return TLSConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key,
+                         server_name=args.tls_server_name)
+    return True if args.tls else None
+
+
 def client_of(args: argparse.Namespace) -> Client:
-    return connect(args.server, tls=bool(args.tls) or None, token=args.token,
-                   timeout_s=args.timeout)
+    return connect(args.server, tls=tls_of(args), token=token_of(args), timeout_s=args.timeout)
 
 
 def run_guarded(name: str, fn: Callable[[argparse.Namespace], int],
