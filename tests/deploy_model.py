@@ -53,7 +53,10 @@ class Code:
 
     @property
     def env_vars(self) -> frozenset[str]:
-        return frozenset(self.env_name(f) for f in self.flags.values())
+        """The server's variables (one per flag), and the command line's token variable."""
+        from tierstore.commands.common import TOKEN_ENV
+
+        return frozenset(self.env_name(f) for f in self.flags.values()) | {TOKEN_ENV}
 
     @property
     def default_port(self) -> int:
