@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 
 MinOffsets = Mapping[str, int] | Callable[[int], Mapping[str, int]]
 MAX_WAIT_S = 300.0  # the server caps a wait at this too
+# A merge of more than MERGE_STREAMS scans (partitions, segments) reads each in chunks of CHUNK
+# entries, each chunk a whole Scan call read to its end: no stream stays open while the merge
+# waits on another, so such a merge holds one server thread and HTTP/2 stream at a time (an
+# open Scan stream holds a server thread until it is read; one per partition could exceed the
+# server's workers and stall). Smaller merges keep one stream per scan: twice as fast (a call
+# per chunk costs about as much as reading it), and each partition one RocksDB view.
+MERGE_STREAMS = 4
+CHUNK = 1000
 
 TYPE_NAMES = {pb.STORE_TYPE_KV: "kv", pb.STORE_TYPE_WINDOW: "window",
               pb.STORE_TYPE_SESSION: "session"}
@@ -99,12 +107,12 @@ class ReadOptions:
 def scan(
     c: Client, store: str, partition: int, epoch: int, from_key: bytes | None,
     to_key: bytes | None, prefix: bytes | None, reverse: bool,
-    options: ReadOptions | None = None,
+    options: ReadOptions | None = None, limit: int = 0,
 ) -> Iterator[tuple[bytes, bytes]]:
-    """The raw (key, value) pairs of one shard's Scan stream."""
+    """The raw (key, value) pairs of one shard's Scan stream (at most `limit`; 0: all)."""
     fields = options.fields(partition) if options is not None else {}
     req = pb.ScanRequest(store=store, partition=partition, epoch=epoch, reverse=reverse,
-                         **fields)
+                         limit=limit, **fields)
     if prefix is not None:
         req.prefix = prefix
     if from_key is not None:
@@ -168,9 +176,33 @@ class StoreReader:
         return [v if f else None for v, f in zip(resp.values, resp.found, strict=True)]
 
     def _scan(self, partition: int, from_key: bytes | None, to_key: bytes | None,
-              prefix: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
-        return scan(self._c, self.name, partition, 0, from_key, to_key, prefix, reverse,
-                    self.options)
+              prefix: bytes | None, reverse: bool, chunked: bool = False
+              ) -> Iterator[tuple[bytes, bytes]]:
+        """One partition's entries: one Scan stream, or (`chunked`, for merges) CHUNK entries
+        at a time, each chunk a whole Scan call resuming after the last key returned."""
+        if not chunked:
+            return scan(self._c, self.name, partition, 0, from_key, to_key, prefix, reverse,
+                        self.options)
+        return self._chunks(partition, from_key, to_key, prefix, reverse)
+
+    def _chunks(self, partition: int, from_key: bytes | None, to_key: bytes | None,
+                prefix: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        lo, hi, pre, last = from_key, to_key, prefix, None
+        while True:
+            limit = CHUNK if last is None else CHUNK + 1  # the resume key comes again
+            chunk = list(scan(self._c, self.name, partition, 0, lo, hi, pre, reverse,
+                              self.options, limit))
+            got = len(chunk)
+            if last is not None and chunk and chunk[0][0] == last:
+                del chunk[0]
+            for k, v in chunk:
+                if prefix is not None and not k.startswith(prefix):
+                    return  # a resumed prefix scan runs on past the prefix: stop there
+                yield k, v
+            if got < limit or not chunk:
+                return
+            last = chunk[-1][0]
+            lo, hi, pre = (from_key, last, None) if reverse else (last, to_key, None)
 
     @rpc
     def approximate_num_entries(self) -> int:
@@ -221,7 +253,8 @@ class Reader(StoreReader):
             check_key(prefix, "prefix")
         else:
             check_bounds(from_key, to_key)
-        streams = [self._scan(p, from_key, to_key, prefix, reverse)
+        chunked = self.num_partitions > MERGE_STREAMS
+        streams = [self._scan(p, from_key, to_key, prefix, reverse, chunked)
                    for p in range(self.num_partitions)]
         merged = heapq.merge(*streams, key=lambda kv: kv[0], reverse=reverse)
         return self._live(merged) if self.ttl_ms else merged

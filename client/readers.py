@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from tierstore import windowkeys as wk
 from tierstore.client.errors import InvalidArgumentError
 from tierstore.client.queries import SessionQueries, WindowQueries
-from tierstore.client.reader import StoreReader
+from tierstore.client.reader import MERGE_STREAMS, StoreReader
 from tierstore.client.retention import check_key_range, check_time, check_times, check_user_key
 
 Raw = Iterator[tuple[bytes, bytes]]
@@ -105,14 +105,17 @@ class WindowReader(WindowQueries, _TimedReader):
         self, key_from: bytes | None, key_to: bytes | None, t0: int, t1: int, reverse: bool
     ) -> Iterator[tuple[bytes, int, bytes]]:
         interval = self.segment_interval_ms
-        scans: list[Raw] = []
+        ranges: list[tuple[int, bytes, bytes, int, int]] = []
         for p in range(self.num_partitions):
             segs, lo, hi = self._live(p, t0, t1)
             for seg in (reversed(segs) if reverse else segs):
                 first, last = wk.segment_span(seg, interval)
                 a, b = wk.window_key_range(key_from, key_to, seg, max(lo, first),
                                            min(hi, last))
-                scans.append(self._in_times(self._scan(p, a, b, None, reverse), lo, hi))
+                ranges.append((p, a, b, lo, hi))
+        chunked = len(ranges) > MERGE_STREAMS  # see tierstore.client.reader
+        scans = [self._in_times(self._scan(p, a, b, None, reverse, chunked), lo, hi)
+                 for p, a, b, lo, hi in ranges]
         for k, v in self._merge(scans, reverse):
             key, t = wk.decode_window_key(k)
             yield key, t, v
@@ -171,13 +174,16 @@ class SessionReader(SessionQueries, _TimedReader):
     def _find_keys_gen(
         self, key_from: bytes | None, key_to: bytes | None, e0: int, s1: int, reverse: bool
     ) -> Iterator[tuple[bytes, int, int, bytes]]:
-        scans: list[Raw] = []
+        ranges: list[tuple[int, bytes, bytes, int]] = []
         for p in range(self.num_partitions):
             segs, lo, _ = self._live(p, e0, wk.MAX_TIME)
             for seg in (reversed(segs) if reverse else segs):
                 first = wk.segment_span(seg, self.segment_interval_ms)[0]
                 a, b = wk.session_key_range(key_from, key_to, seg, max(lo, first))
-                scans.append(self._matching(self._scan(p, a, b, None, reverse), lo, s1))
+                ranges.append((p, a, b, lo))
+        chunked = len(ranges) > MERGE_STREAMS  # see tierstore.client.reader
+        scans = [self._matching(self._scan(p, a, b, None, reverse, chunked), lo, s1)
+                 for p, a, b, lo in ranges]
         for k, v in self._merge(scans, reverse):
             key, s, e = wk.decode_session_key(k)
             yield key, s, e, v
