@@ -6,21 +6,17 @@ token checks are the server's own); the CLI runs as a subprocess."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.inproc import running
 from tests.tlscerts import Pki, make_pki
 from tierstore.client import TLSConfig, connect
-from tierstore.server.app import RunningServer, create_server
-from tierstore.server.config import ServerConfig
 
 TOKEN = "cli-reader-token-6b1f0a"
 TOKENS = f"""
@@ -29,15 +25,6 @@ name = "cli"
 token = "{TOKEN}"
 permissions = [{{ store_prefix = "", access = "read" }}]
 """
-
-
-@contextlib.contextmanager
-def running(tmp: Path, **cfg: Any) -> Iterator[RunningServer]:
-    server = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp / "data", **cfg))
-    try:
-        yield server
-    finally:
-        server.stop(grace=1.0, snapshot=False)
 
 
 def inspect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

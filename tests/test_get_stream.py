@@ -5,7 +5,6 @@ them (the client's count of reads answered on a stream)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import queue
 import threading
@@ -18,23 +17,14 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.inproc import running
 from tierstore.client import connect, errors
-from tierstore.server.app import RunningServer, create_server
+from tierstore.server.app import create_server
 from tierstore.server.cluster import wait_until
 from tierstore.server.config import ServerConfig
 from tierstore.server.servicer import SERVICE_NAME
 from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
-
-
-@contextlib.contextmanager
-def running(tmp: Path, **cfg: Any) -> Iterator[RunningServer]:
-    cfg.setdefault("listen", "127.0.0.1:0")
-    server = create_server(ServerConfig(data_dir=tmp / "data", **cfg))
-    try:
-        yield server
-    finally:
-        server.stop(grace=1.0, snapshot=False)
 
 
 def seed(target: str, store: str, n: int = 50) -> dict[bytes, bytes]:

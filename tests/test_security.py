@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.infra import Broker, S3Server, free_port
+from tests.inproc import running
 from tests.tlscerts import Pki, make_pki
 from tierstore.client import TLSConfig, connect, errors
 from tierstore.client._grpc import translate
@@ -55,15 +56,6 @@ name = "orders-worker"
 token = "{ORDERS}"
 permissions = [{{ store_prefix = "orders-", access = "read-write" }}]
 """
-
-
-@contextlib.contextmanager
-def running(tmp: Path, **cfg: Any) -> Iterator[RunningServer]:
-    server = create_server(ServerConfig(listen="127.0.0.1:0", data_dir=tmp / "data", **cfg))
-    try:
-        yield server
-    finally:
-        server.stop(grace=1.0, snapshot=False)
 
 
 @pytest.fixture(scope="module")
