@@ -104,10 +104,11 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
-        # Each open GetStream keeps a thread: those come on top of grpc_workers, so that
-        # streams never take the threads unary calls need (threads start only when used).
-        futures.ThreadPoolExecutor(max_workers=cfg.grpc_workers + cfg.max_get_streams,
-                                   thread_name_prefix="rpc"),
+        # Each open GetStream or Scan keeps a thread: those come on top of grpc_workers, so
+        # that they never take the threads unary calls need (threads start only when used).
+        futures.ThreadPoolExecutor(
+            max_workers=cfg.grpc_workers + cfg.max_get_streams + cfg.max_open_scans,
+            thread_name_prefix="rpc"),
         options=opts,
         interceptors=interceptors,
         maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,

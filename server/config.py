@@ -91,6 +91,9 @@ class ServerConfig:
     # of its own (added to grpc_workers). Beyond it a client reads with unary Get calls.
     max_get_streams: int = 64
     get_stream_idle_s: float = 60.0  # a stream without a request this long is ended
+    # Scan calls open at once; each holds a thread of its own (added to grpc_workers) until it
+    # ends, however slowly it is read. Beyond it a scan fails with RESOURCE_EXHAUSTED.
+    max_open_scans: int = 64
     # Several servers (see tierstore.server.cluster): peers are HOST:PORT or dns:NAME:PORT,
     # comma-separated; advertise is this server's address as peers and clients reach it.
     peers: str = ""
@@ -121,7 +124,7 @@ class ServerConfig:
         for name in ("snapshot_every_commits", "snapshot_keep", "snapshot_workers",
                      "max_value_bytes", "max_staged_bytes", "max_message_bytes",
                      "scan_page_size", "grpc_workers", "max_concurrent_streams",
-                     "max_concurrent_rpcs", "max_get_streams"):
+                     "max_concurrent_rpcs", "max_get_streams", "max_open_scans"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
         if not self.get_stream_idle_s > 0:  # zero, negative or NaN
@@ -210,6 +213,7 @@ FLAGS: Mapping[str, str] = {
     "--max-concurrent-rpcs": "max_concurrent_rpcs",
     "--max-get-streams": "max_get_streams",
     "--get-stream-idle-s": "get_stream_idle_s",
+    "--max-open-scans": "max_open_scans",
     "--max-message-bytes": "max_message_bytes",
     "--scan-page-size": "scan_page_size",
     "--config": "config",

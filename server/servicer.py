@@ -7,6 +7,7 @@ INVALID_ARGUMENT (grpc's own deserializer would answer INTERNAL) and never reach
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -117,6 +118,30 @@ def _stream_error(code: grpc.StatusCode, message: str) -> bytes:
     return pb.GetStreamResponse(error_code=value, error_message=message).SerializeToString()
 
 
+class ScanSlots:
+    """Open Scan calls: each holds a server thread until it ends, however slowly its pages are
+    read, so they are capped (`max_open_scans`), and the server's thread pool has that many
+    threads on top of `grpc_workers`: open scans never take the threads unary calls (commits)
+    need. Beyond the cap a new scan fails with RESOURCE_EXHAUSTED."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.open >= self.limit:
+                raise errors.ResourceExhaustedError(
+                    f"all {self.limit} scan slots of this server are taken (--max-open-scans): "
+                    "finish or close open range iterators, or raise the limit")
+            self.open += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
 class Servicer:
     def __init__(self, service: StoreService, observe: Observe | None = None,
                  get_streams: GetStreams | None = None) -> None:
@@ -124,6 +149,7 @@ class Servicer:
         self.observe = observe
         cfg = service.cfg
         self.get_streams = get_streams or GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
+        self.scan_slots = ScanSlots(cfg.max_open_scans)
 
     # Each handler takes the request bytes and returns the response bytes.
     def Open(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -214,17 +240,22 @@ class Servicer:
 
     def Scan(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         req = _parse(pb.ScanRequest, data)
-        pages = self.svc.scan(
-            req.store, req.partition, req.epoch,
-            req.from_key if req.HasField("from_key") else None,
-            req.to_key if req.HasField("to_key") else None,
-            req.prefix or None, req.reverse, req.page_size, req.limit, _freshness(req, context),
-        )
-        for page in pages:
-            msg = pb.ScanPage()
-            msg.keys.extend([k for k, _ in page])
-            msg.values.extend([v for _, v in page])
-            yield msg.SerializeToString()
+        self.scan_slots.take()
+        try:
+            pages = self.svc.scan(
+                req.store, req.partition, req.epoch,
+                req.from_key if req.HasField("from_key") else None,
+                req.to_key if req.HasField("to_key") else None,
+                req.prefix or None, req.reverse, req.page_size, req.limit,
+                _freshness(req, context),
+            )
+            for page in pages:
+                msg = pb.ScanPage()
+                msg.keys.extend([k for k, _ in page])
+                msg.values.extend([v for _, v in page])
+                yield msg.SerializeToString()
+        finally:
+            self.scan_slots.give()
 
     def Count(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         req = _parse(pb.CountRequest, data)

@@ -63,6 +63,8 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--max-get-streams": "GetStream calls (clients' point-read streams) open at once, each "
         "with a thread of its own; beyond, clients use unary Get (default 64)",
         "--get-stream-idle-s": "end a GetStream idle this long (default 60)",
+        "--max-open-scans": "Scan calls open at once, each with a thread of its own until it "
+        "ends; beyond: RESOURCE_EXHAUSTED (default 64)",
         "--max-message-bytes": "largest gRPC message (default 64 MiB); beyond: "
         "RESOURCE_EXHAUSTED",
         "--scan-page-size": "most entries per scan page (default 1000)",
