@@ -162,6 +162,9 @@ class StoreService:
                 if shard.standby:
                     applied = self.standbys.catch_up(shard)
                     shard.standby = False
+                    # The follow loop must not make it a standby again before (or after) the
+                    # claim below, which takes the lock again: see Standbys.follow_once.
+                    shard.promoted = True
                     log.info("promoted standby %s (caught up %d records)", shard.name, applied)
         m = self.membership
         for _ in range(3):

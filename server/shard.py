@@ -113,6 +113,7 @@ class Shard:
         self.last_used = time.monotonic()
         self.epoch_floor = 0  # the newest epoch seen in the changelog, which a claim must pass
         self.standby = False  # a follower copy (tierstore.server.standby); promoted before use
+        self.promoted = False  # served as the owner here: never a standby again (this object)
         # Where this server's next append must land in the changelog, if known. An append that
         # lands elsewhere means another writer (a server that took the shard over) appended.
         self.log_end: int | None = None

@@ -91,10 +91,11 @@ class Standbys:
                 continue
             try:
                 shard = self.registry.shard(spec, partition)
-                if not shard.standby and not self._is_new_standby(shard):
-                    continue  # this server owns it (or was told to serve it): not a standby
-                shard.standby = True
-                shard.taken_over = False
+                with shard._lock:  # not between a promotion's steps (StoreService._promote)
+                    if shard.promoted or (not shard.standby and not self._is_new_standby(shard)):
+                        continue  # this server owns it (or was told to serve it): not a standby
+                    shard.standby = True
+                    shard.taken_over = False
                 applied += self.catch_up(shard)
             except StateStoreError as exc:
                 log.warning("standby %s/%d: %s", store, partition, exc)

@@ -1,4 +1,4 @@
-"""A standby copy (server/standby.py) never writes: it follows the owner's changelog. The TTL
+"""Standby copies (server/standby.py). A standby never writes: it follows the owner's changelog. The TTL
 sweep (Shard.sweep_expired, run by every server's ticker on its open shards) must therefore
 skip it. A standby that sweeps appends tombstones and a marker with its own stale view of
 the shard (epoch, commit number, input offsets) to the owner's changelog: a restore then
@@ -10,6 +10,7 @@ one (load, mark standby, catch up)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,53 @@ def test_a_standby_copy_never_sweeps_into_the_owners_changelog(
         assert m.offsets == {"in:0": 2}
     finally:
         restored.shutdown(snapshot=False)
+
+
+class _Following(Standbys):
+    """The follow loop of a server told to follow store "s", partition 0."""
+
+    def followed(self) -> list[tuple[str, int]]:
+        return [("s", 0)]
+
+
+class _Enabled:
+    """A membership that is on (the claim path), and nothing else."""
+
+    enabled = True
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_follow_loop_does_not_demote_a_shard_being_promoted(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Promotion takes the shard lock twice: catch up and stop being a standby, then claim.
+    A follow round in between (the membership views changing at that moment) made the shard a
+    standby again, claimed anew at the next request: a spurious new epoch that fenced the
+    worker that had just opened it. The round is run here at the worst moment, from the claim."""
+    owner, follower = _service(tmp_path, "owner", broker), _service(tmp_path, "standby", broker)
+    try:
+        meta, _ = owner.open("s", 0, "kv", 1)
+        owner.commit("s", 0, meta.epoch, 1, 0, [b"k"], [b"v1"], [], {"in:0": 1})
+        standbys = _Following(follower.registry, None, 1)  # type: ignore[arg-type]
+        standbys.follow_once()
+        shard = follower.registry.shard(follower.registry.describe("s"), 0)
+        assert shard.standby
+        follower.standbys = standbys
+        follower.membership = _Enabled()  # type: ignore[assignment]
+        real_claim = shard.claim
+
+        def claim_during_a_follow_round() -> Any:
+            standbys.follow_once()
+            return real_claim()
+
+        shard.claim = claim_during_a_follow_round  # type: ignore[method-assign]
+        promoted = follower._promote(shard)
+        assert promoted is shard and shard.taken_over
+        assert not shard.standby
+        standbys.follow_once()  # later rounds leave it alone too
+        assert not shard.standby and shard.promoted
+    finally:
+        owner.shutdown(snapshot=False)
+        follower.shutdown(snapshot=False)
