@@ -1,8 +1,11 @@
-"""Standby copies (server/standby.py). A standby never writes: it follows the owner's changelog. The TTL
-sweep (Shard.sweep_expired, run by every server's ticker on its open shards) must therefore
-skip it. A standby that sweeps appends tombstones and a marker with its own stale view of
-the shard (epoch, commit number, input offsets) to the owner's changelog: a restore then
-deletes a value the owner refreshed meanwhile and rewinds the committed offsets.
+"""Standby copies (server/standby.py).
+
+A standby never writes: it follows the owner's changelog. The TTL sweep (Shard.sweep_expired,
+run by every server's ticker on its open shards) must therefore skip it. A standby that sweeps
+appends tombstones and a marker with its own stale view of the shard (epoch, commit number,
+input offsets) to the owner's changelog: a restore then deletes a value the owner refreshed
+meanwhile and rewinds the committed offsets. And the follow loop must not make a standby of a
+shard being promoted.
 
 Two servers on one real Tansu broker; the standby is made the way Standbys.follow_once makes
 one (load, mark standby, catch up)."""
