@@ -12,9 +12,10 @@ which then gives the answer or the error, with redirects, failover and retries a
 Reads are idempotent, so asking again is safe. Only a read that gets no answer within its
 timeout fails here (UnavailableError), as a unary call past its deadline would.
 
-One stream per server, used by one read at a time (a lock taken without waiting: a concurrent
-read uses a unary call). A server that refuses streams (all its slots taken, or an older
-server) is left alone for a while.
+Up to STREAMS_PER_SERVER streams per server, each used by one read at a time (a lock taken
+without waiting): a read takes a free stream, or opens another, or (all busy) makes the unary
+call. A single-threaded worker uses one. A server that refuses streams (all its slots taken,
+or an older server) is not asked for a new one for a while.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tierstore.client.streamwatch import StreamWatch
 from tierstore.v1 import store_pb2 as pb
 
 RETRY_REFUSED_S = 30.0  # a server that refused a stream is asked again after this long
+STREAMS_PER_SERVER = 4  # concurrent reads of one client served on streams, per server
 _END = object()  # ends a stream's request iterator
 
 
@@ -52,7 +54,7 @@ class GetStreams:
     def __init__(self, watch: StreamWatch) -> None:
         self._watch = watch
         self._lock = threading.Lock()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, tuple[_Stream, ...]] = {}  # replaced whole, under the lock
         self._refused: dict[str, float] = {}  # address -> when to try a stream again
         self._closed = False
         self.answered = 0  # reads answered on a stream (tests, diagnostics)
@@ -61,13 +63,9 @@ class GetStreams:
             timeout: float) -> pb.GetResponse | None:
         """The answer to `request` from the stream to `address` (opened with `start`, the
         stub's GetStream), or None: then the caller makes the unary call."""
-        stream = self._streams.get(address)  # atomic; written under the lock
+        stream = self._free(address, start, metadata)
         if stream is None:
-            stream = self._open(address, start, metadata)
-            if stream is None:
-                return None
-        if not stream.lock.acquire(blocking=False):
-            return None  # another thread is reading on it
+            return None  # every stream busy, or none to be had: the unary call
         try:
             stream.requests.put(request)
             token = self._watch.waiting(stream.call, timeout)
@@ -94,6 +92,13 @@ class GetStreams:
         finally:
             stream.lock.release()
 
+    def _free(self, address: str, start: Any, metadata: Any) -> _Stream | None:
+        """A stream to `address` whose lock the caller now holds, or None."""
+        for stream in self._streams.get(address, ()):  # a tuple: safe to walk unlocked
+            if stream.lock.acquire(blocking=False):
+                return stream
+        return self._open(address, start, metadata)
+
     def _open(self, address: str, start: Any, metadata: Any) -> _Stream | None:
         with self._lock:
             if self._closed:
@@ -103,21 +108,32 @@ class GetStreams:
                 if time.monotonic() < again:
                     return None
                 del self._refused[address]
-            stream = self._streams.get(address)
-            if stream is None:
-                stream = self._streams[address] = _Stream(start, metadata)
+            streams = self._streams.get(address, ())
+            if len(streams) >= STREAMS_PER_SERVER:
+                return None
+            stream = _Stream(start, metadata)
+            stream.lock.acquire()  # new: nobody else can hold it yet
+            self._streams[address] = (*streams, stream)
             return stream
 
     def _drop(self, address: str, stream: _Stream) -> None:
         with self._lock:
-            if self._streams.get(address) is stream:
-                del self._streams[address]
+            streams = self._streams.get(address, ())
+            if stream in streams:
+                rest = tuple(s for s in streams if s is not stream)
+                if rest:
+                    self._streams[address] = rest
+                else:
+                    del self._streams[address]
         stream.end()
+
+    def open_streams(self, address: str) -> int:
+        return len(self._streams.get(address, ()))
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            streams = list(self._streams.values())
+            streams = [s for group in self._streams.values() for s in group]
             self._streams.clear()
         for stream in streams:
             stream.end()

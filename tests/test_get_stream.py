@@ -270,3 +270,46 @@ def test_a_graceful_stop_does_not_wait_for_open_streams(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5  # not the whole grace period
         with pytest.raises(errors.UnavailableError):
             r.get(b"k001")
+
+
+def test_concurrent_reads_use_up_to_four_streams_per_server(tmp_path: Path) -> None:
+    with running(tmp_path) as server:
+        target = f"127.0.0.1:{server.port}"
+        data = seed(target, "s")
+        with connect(target) as c:
+            r = c.reader("s")
+            gets = c.router._gets
+            assert r.get(b"k001") == data[b"k001"] and gets.open_streams(target) == 1
+            held = []
+            for n in range(2, 5):  # each busy stream (its lock held) makes a read open another
+                stream = gets._streams[target][-1]
+                stream.lock.acquire()
+                held.append(stream)
+                before = c.router.stream_reads
+                assert r.get(b"k002") == data[b"k002"]
+                assert gets.open_streams(target) == n and c.router.stream_reads == before + 1
+            held.append(gets._streams[target][-1])
+            held[-1].lock.acquire()
+            before = c.router.stream_reads
+            assert r.get(b"k003") == data[b"k003"]  # all four busy: a unary call
+            assert c.router.stream_reads == before and gets.open_streams(target) == 4
+            for stream in held:
+                stream.lock.release()
+
+            errors_seen: list[BaseException] = []
+
+            def reader_thread(i: int) -> None:
+                try:
+                    for j in range(200):
+                        k = b"k%03d" % ((i * 7 + j) % 50)
+                        assert r.get(k) == data[k]
+                except BaseException as exc:  # reported below
+                    errors_seen.append(exc)
+
+            threads = [threading.Thread(target=reader_thread, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors_seen, errors_seen[:1]
+            assert gets.open_streams(target) <= 4
