@@ -381,7 +381,7 @@ class Registry:
                 replay.seconds, len(replay.uncommitted_keys),
             )
         progress.phase, progress.finished = "done", time.monotonic()
-        if source != "local":
+        if source in ("snapshot", "changelog"):  # not "local", nor "new" (nothing to restore)
             log.info("%s/%d: %s restore took %.2fs: %.2fs to the snapshot's download's end, "
                      "then %.2fs to the changelog's end", spec.name, partition, source,
                      progress.finished - progress.started, downloaded - progress.started,
