@@ -59,9 +59,9 @@ class GetStreams:
         self._closed = False
         self.answered = 0  # reads answered on a stream (tests, diagnostics)
 
-    def get(self, address: str, start: Any, metadata: Any, request: pb.GetRequest,
-            timeout: float) -> pb.GetResponse | None:
-        """The answer to `request` from the stream to `address` (opened with `start`, the
+    def ask(self, address: str, start: Any, metadata: Any, request: pb.StreamRequest,
+            timeout: float) -> pb.GetStreamResponse | None:
+        """The answer to `request` from a stream to `address` (opened with `start`, the
         stub's GetStream), or None: then the caller makes the unary call."""
         stream = self._free(address, start, metadata)
         if stream is None:
@@ -87,8 +87,8 @@ class GetStreams:
             if resp.error_code:
                 return None
             self.answered += 1
-            result: pb.GetResponse = resp.result
-            return result
+            answer: pb.GetStreamResponse = resp
+            return answer
         finally:
             stream.lock.release()
 

@@ -44,7 +44,7 @@ MAX_WAIT_S = 300.0  # the server caps a wait at this too
 # server's workers and stall). Smaller merges keep one stream per scan: twice as fast (a call
 # per chunk costs about as much as reading it), and each partition one RocksDB view.
 MERGE_STREAMS = 4
-CHUNK = 1000
+CHUNK = 999  # + the resume key = 1,000: one server page, so a chunk is one GetStream answer
 
 TYPE_NAMES = {pb.STORE_TYPE_KV: "kv", pb.STORE_TYPE_WINDOW: "window",
               pb.STORE_TYPE_SESSION: "session"}
@@ -109,7 +109,12 @@ def scan(
     to_key: bytes | None, prefix: bytes | None, reverse: bool,
     options: ReadOptions | None = None, limit: int = 0,
 ) -> Iterator[tuple[bytes, bytes]]:
-    """The raw (key, value) pairs of one shard's Scan stream (at most `limit`; 0: all)."""
+    """The raw (key, value) pairs of one shard's range (at most `limit`; 0: all).
+
+    The range's first page is asked for on a GetStream (tierstore.client.getstream): a range
+    that fits in it (or a `limit` it meets) is answered there, without a call of its own. A
+    longer range is read whole with a Scan call, that page dropped, so that one partition's
+    range is always one RocksDB view."""
     fields = options.fields(partition) if options is not None else {}
     req = pb.ScanRequest(store=store, partition=partition, epoch=epoch, reverse=reverse,
                          limit=limit, **fields)
@@ -122,6 +127,12 @@ def scan(
     stale = options is not None and options.allow_stale
     # A min_offsets wait may hold the first page back for up to the wait on top of the timeout.
     idle_s = options.timeout(c.timeout_s) if options is not None else c.timeout_s
+    first = c.scan_page(store, partition, req, timeout=idle_s)
+    if first is not None:
+        page, more = first
+        if not more or (limit and len(page.keys) >= limit):
+            yield from zip(page.keys, page.values, strict=True)
+            return
     pages = stream(c.stream_call(store, partition, "Scan", req, stale=stale, idle_s=idle_s))
     for page in pages:
         yield from zip(page.keys, page.values, strict=True)

@@ -121,6 +121,14 @@ class Client:
             (store, partition), request, self.timeout_s if timeout is None else timeout, stale)
         return resp
 
+    def scan_page(self, store: str, partition: int, request: pb.ScanRequest,
+                  timeout: float | None = None) -> tuple[pb.ScanPage, bool] | None:
+        """The first page of a Scan's range and whether the range goes on, from a GetStream;
+        None when the stream did not answer (see tierstore.client.getstream)."""
+        page: tuple[pb.ScanPage, bool] | None = self.router.scan_page(
+            (store, partition), request, self.timeout_s if timeout is None else timeout)
+        return page
+
     def stream_call(self, store: str, partition: int, method: str, request: Any,
                     stale: bool = False, idle_s: float | None = None) -> Iterator[Any]:
         """A server-streaming call; a wait of more than `idle_s` (default: the client's

@@ -25,6 +25,7 @@ from tierstore.client._grpc import waits_full
 from tierstore.client.errors import UnavailableError
 from tierstore.client.getstream import GetStreams
 from tierstore.client.streamwatch import StreamWatch
+from tierstore.v1 import store_pb2 as pb
 from tierstore.v1 import store_pb2_grpc
 
 OWNER_KEY = "tierstore-owner"
@@ -139,12 +140,24 @@ class Router:
         """A Get: on the server's GetStream when it can answer there (see
         client/getstream.py), else the unary call with its redirects and retries."""
         if not request.min_offsets:  # a wait for offsets holds the stream: unary
-            address = self.address_for(shard)
-            resp = self._gets.get(address, self._callable(address, "GetStream"),
-                                  self.metadata, request, timeout)
+            resp = self._ask(shard, pb.StreamRequest(get=request), timeout)
             if resp is not None:
-                return resp
+                return resp.result
         return self.call(shard, "Get", request, timeout, stale=stale)
+
+    def scan_page(self, shard: tuple[str, int], request: Any, timeout: float
+                  ) -> tuple[Any, bool] | None:
+        """The first page of a Scan's range and whether the range goes on, answered on a
+        GetStream; None when it was not (the caller then makes the Scan call)."""
+        if request.min_offsets:
+            return None
+        resp = self._ask(shard, pb.StreamRequest(scan=request), timeout)
+        return (resp.page, resp.more) if resp is not None else None
+
+    def _ask(self, shard: tuple[str, int], request: Any, timeout: float) -> Any:
+        address = self.address_for(shard)
+        return self._gets.ask(address, self._callable(address, "GetStream"), self.metadata,
+                              request, timeout)
 
     def stream(
         self, shard: tuple[str, int] | None, method: str, request: Any, stale: bool = False,

@@ -225,6 +225,22 @@ def store_of(request: object) -> str:
     return str(getattr(request, "store", ""))
 
 
+def store_of_stream_request(request: object) -> str:
+    """The store a GetStream request (a StreamRequest: a get or a scan) names. Raises
+    ValueError when the bytes are not one."""
+    if not isinstance(request, bytes):
+        raise ValueError("malformed request: not bytes")
+    msg = pb.StreamRequest()
+    try:
+        msg.ParseFromString(request)
+    except Exception as exc:  # DecodeError, or RuntimeError/ValueError for bad UTF-8
+        raise ValueError(f"malformed request: {type(exc).__name__}") from None
+    kind = msg.WhichOneof("read")
+    if kind is None:
+        raise ValueError("malformed request: a StreamRequest needs `get` or `scan`")
+    return str(msg.get.store if kind == "get" else msg.scan.store)
+
+
 def _denying(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
              message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that refuses every call with `code`."""
@@ -323,7 +339,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         def checked(requests: Any) -> Any:
             for request in requests:
                 try:
-                    store = store_of(request)
+                    store = store_of_stream_request(request)
                 except ValueError as exc:
                     yield Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     continue

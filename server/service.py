@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from itertools import chain, islice
 from pathlib import Path
 
@@ -217,7 +217,7 @@ class StoreService:
         self, store: str, partition: int, epoch: int, from_key: bytes | None,
         to_key: bytes | None, prefix: bytes | None, reverse: bool, page_size: int, limit: int,
         fresh: ReadFreshness | None = None,
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
+    ) -> Generator[list[tuple[bytes, bytes]], None, None]:
         """Pages of at most scan_page_size entries and (unless one entry is larger) half of
         max_message_bytes, so that a page always fits in a gRPC message and one scan holds
         a bounded amount of memory."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -194,13 +194,40 @@ class Servicer:
         ).SerializeToString()
 
     def Get(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        req = _parse(pb.GetRequest, data)
+        return self._get(_parse(pb.GetRequest, data), context)
+
+    def _get(self, req: pb.GetRequest, context: grpc.ServicerContext) -> bytes:
         values = self.svc.get(req.store, req.partition, req.epoch, list(req.keys),
                               _freshness(req, context))
         found = [v is not None for v in values]
         return pb.GetResponse(
             values=[v if v is not None else b"" for v in values], found=found
         ).SerializeToString()
+
+    def _scan_page(self, req: pb.ScanRequest, context: grpc.ServicerContext) -> bytes:
+        """A scan on a GetStream: the range's first page only (at most `limit` entries, at most
+        one server page), and whether the range goes on after it."""
+        cap = self.svc.cfg.scan_page_size
+        want = min(req.limit, cap) if req.limit else cap
+        pages = self._pages(req, context, page_size=want, limit=want + 1)
+        try:
+            first = next(pages, [])
+            more = len(first) > want or next(pages, None) is not None
+        finally:
+            pages.close()  # ends the RocksDB iterator now
+        msg = pb.GetStreamResponse(more=more)
+        msg.page.keys.extend([k for k, _ in first[:want]])
+        msg.page.values.extend([v for _, v in first[:want]])
+        return msg.SerializeToString()
+
+    def _pages(self, req: pb.ScanRequest, context: grpc.ServicerContext, page_size: int,
+               limit: int) -> Generator[list[tuple[bytes, bytes]], None, None]:
+        return self.svc.scan(
+            req.store, req.partition, req.epoch,
+            req.from_key if req.HasField("from_key") else None,
+            req.to_key if req.HasField("to_key") else None,
+            req.prefix or None, req.reverse, page_size, limit, _freshness(req, context),
+        )
 
     def GetStream(self, requests: Iterator[bytes | Refusal],
                   context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -224,9 +251,15 @@ class Servicer:
             if isinstance(item, Refusal):  # the auth interceptor refused this request
                 code = item.code
                 return _stream_error(code, item.message)
-            result = self.Get(item, context)
-            # GetStreamResponse{result = <the GetResponse bytes>}: field 1, length-delimited.
-            return b"\n" + _varint(len(result)) + result
+            req = _parse(pb.StreamRequest, item)
+            kind = req.WhichOneof("read")
+            if kind == "get":
+                result = self._get(req.get, context)
+                # GetStreamResponse{result = <the GetResponse bytes>}: field 1, length-delimited.
+                return b"\n" + _varint(len(result)) + result
+            if kind == "scan":
+                return self._scan_page(req.scan, context)
+            raise errors.InvalidArgumentError("a StreamRequest needs `get` or `scan`")
         except Exception as exc:
             code = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
@@ -242,14 +275,7 @@ class Servicer:
         req = _parse(pb.ScanRequest, data)
         self.scan_slots.take()
         try:
-            pages = self.svc.scan(
-                req.store, req.partition, req.epoch,
-                req.from_key if req.HasField("from_key") else None,
-                req.to_key if req.HasField("to_key") else None,
-                req.prefix or None, req.reverse, req.page_size, req.limit,
-                _freshness(req, context),
-            )
-            for page in pages:
+            for page in self._pages(req, context, req.page_size, req.limit):
                 msg = pb.ScanPage()
                 msg.keys.extend([k for k, _ in page])
                 msg.values.extend([v for _, v in page])

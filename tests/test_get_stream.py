@@ -57,7 +57,8 @@ class RawStream:
 
 
 def get_req(store: str, keys: list[bytes], epoch: int = 0) -> bytes:
-    return pb.GetRequest(store=store, partition=0, epoch=epoch, keys=keys).SerializeToString()
+    return pb.StreamRequest(get=pb.GetRequest(store=store, partition=0, epoch=epoch, keys=keys)
+                            ).SerializeToString()
 
 
 def test_reads_use_the_stream_and_match_unary_gets(tmp_path: Path) -> None:
@@ -94,7 +95,8 @@ def test_errors_are_answered_in_the_stream_which_stays_open(tmp_path: Path) -> N
             cases = [
                 (get_req("nope", [b"a"]), grpc.StatusCode.NOT_FOUND, "nope"),
                 (get_req("s", [b""]), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-                (b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "malformed GetRequest"),
+                (b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "malformed StreamRequest"),
+                (b"", grpc.StatusCode.INVALID_ARGUMENT, "needs `get` or `scan`"),
                 (get_req("s", [b"k001"], epoch=99), grpc.StatusCode.FAILED_PRECONDITION, ""),
             ]
             for request, code, words in cases:
@@ -313,3 +315,52 @@ def test_concurrent_reads_use_up_to_four_streams_per_server(tmp_path: Path) -> N
                 t.join(60)
             assert not errors_seen, errors_seen[:1]
             assert gets.open_streams(target) <= 4
+
+
+def scan_req(store: str, **fields: Any) -> bytes:
+    return pb.StreamRequest(scan=pb.ScanRequest(store=store, partition=0, **fields)
+                            ).SerializeToString()
+
+
+def test_a_range_read_gets_its_first_page_on_the_stream(tmp_path: Path) -> None:
+    with running(tmp_path, scan_page_size=20) as server:
+        target = f"127.0.0.1:{server.port}"
+        data = seed(target, "s")  # 50 keys k000..k049
+        ordered = sorted(data.items())
+        raw = RawStream(target)
+        try:
+            cases = [
+                ({}, ordered[:20], True),  # one server page, and more after it
+                ({"limit": 10}, ordered[:10], True),
+                ({"from_key": b"k040"}, ordered[40:], False),
+                ({"prefix": b"k01"}, ordered[10:20], False),
+                ({"reverse": True, "limit": 3}, ordered[::-1][:3], True),
+                ({"from_key": b"k045", "to_key": b"k047"}, ordered[45:48], False),
+            ]
+            for fields, want, more in cases:
+                resp = raw.ask(scan_req("s", **fields))
+                assert resp.error_code == 0, resp
+                assert list(zip(resp.page.keys, resp.page.values, strict=True)) == want, fields
+                assert resp.more is more, fields
+            errs = [(scan_req("nope"), grpc.StatusCode.NOT_FOUND),
+                    (scan_req("s", from_key=b"b", to_key=b"a"), grpc.StatusCode.INVALID_ARGUMENT),
+                    (scan_req("s", prefix=b"k", from_key=b"a"), grpc.StatusCode.INVALID_ARGUMENT)]
+            for request, code in errs:
+                assert raw.ask(request).error_code == code.value[0]
+        finally:
+            raw.close()
+        with connect(target) as c:
+            r = c.reader("s")
+            before = c.router.stream_reads
+            assert list(r.range(b"k010", b"k019")) == ordered[10:20]  # fits: on the stream
+            assert list(r.prefix_scan(b"k03")) == ordered[30:40]
+            assert c.router.stream_reads == before + 2
+            assert list(r.all()) == ordered  # past one page: read again whole with a Scan
+            assert list(r.reverse_range(None, None)) == ordered[::-1]
+            with c.key_value_store("s") as kv:  # the owner, with staged writes on the server
+                kv.put(b"k0105", b"between")
+                kv._stage()
+                kv.put(b"k011", b"buffered")
+                got = list(kv.range(b"k010", b"k012"))
+                assert got == [(b"k010", data[b"k010"]), (b"k0105", b"between"),
+                               (b"k011", b"buffered"), (b"k012", data[b"k012"])]

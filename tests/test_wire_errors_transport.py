@@ -85,7 +85,7 @@ def test_garbage_on_a_get_stream(wire: Wire) -> None:
         for data in garbage():
             requests.put(data)
             resp = next(answers)
-            if not parses(pb.GetRequest, data):
+            if not parses(pb.StreamRequest, data):
                 assert resp.error_code == INVALID.value[0], (data[:16], resp)
                 assert "malformed" in resp.error_message, resp.error_message
                 refused += 1

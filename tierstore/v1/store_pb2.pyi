@@ -484,9 +484,42 @@ class GetResponse(_message.Message):
 Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
 
 @_typing.final
+class StreamRequest(_message.Message):
+    """One request on a GetStream: a point read, or a range read answered with one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GET_FIELD_NUMBER: _builtins.int
+    SCAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def get(self) -> Global___GetRequest: ...
+    @_builtins.property
+    def scan(self) -> Global___ScanRequest:
+        """Answered with the range's first page only: at most `limit` entries (0: a server page),
+        and never more than one server page (--scan-page-size entries, half of
+        --max-message-bytes). `more` tells whether the range goes on after it.
+        """
+
+    def __init__(
+        self,
+        *,
+        get: Global___GetRequest | None = ...,
+        scan: Global___ScanRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["get", b"get", "read", b"read", "scan", b"scan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["get", b"get", "read", b"read", "scan", b"scan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_read: _TypeAlias = _typing.Literal["get", "scan"]  # noqa: Y015
+    _WhichOneofArgType_read: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_read) -> _WhichOneofReturnType_read | None: ...
+
+Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
 class GetStreamResponse(_message.Message):
-    """One answer on a GetStream: the GetResponse, or the error the unary Get would have failed
-    with. The stream stays open after an error.
+    """One answer on a GetStream: the GetResponse or the ScanPage, or the error the unary call
+    would have failed with. The stream stays open after an error.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -494,21 +527,31 @@ class GetStreamResponse(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     error_code: _builtins.int
-    """a grpc status code; 0 (OK) means `result` is the answer"""
+    """a grpc status code; 0 (OK) means `result` or `page` is the answer"""
     error_message: _builtins.str
+    more: _builtins.bool
+    """the scanned range has entries after `page`"""
     @_builtins.property
     def result(self) -> Global___GetResponse: ...
+    @_builtins.property
+    def page(self) -> Global___ScanPage:
+        """the answer to a scan"""
+
     def __init__(
         self,
         *,
         result: Global___GetResponse | None = ...,
         error_code: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        page: Global___ScanPage | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "more", b"more", "page", b"page", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

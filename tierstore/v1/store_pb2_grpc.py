@@ -56,7 +56,7 @@ class StateStoreStub:
                 _registered_method=True)
         self.GetStream = channel.stream_stream(
                 '/tierstore.v1.StateStore/GetStream',
-                request_serializer=tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
+                request_serializer=tierstore_dot_v1_dot_store__pb2.StreamRequest.SerializeToString,
                 response_deserializer=tierstore_dot_v1_dot_store__pb2.GetStreamResponse.FromString,
                 _registered_method=True)
         self.Scan = channel.unary_stream(
@@ -122,10 +122,11 @@ class StateStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStream(self, request_iterator, context):
-        """The same reads over one long-lived stream: each GetRequest is answered by one
-        GetStreamResponse, in order. It saves a point read the per-call setup and the server's
-        hand-off of each call to a worker thread. The server caps open streams
-        (--max-get-streams; over it: RESOURCE_EXHAUSTED) and ends a stream idle for 60 s.
+        """Point reads and short range reads over one long-lived stream: each StreamRequest is
+        answered by one GetStreamResponse, in order. It saves a read the per-call setup and the
+        server's hand-off of each call to a worker thread. The server caps open streams
+        (--max-get-streams; over it: RESOURCE_EXHAUSTED) and ends a stream idle for
+        --get-stream-idle-s.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,7 +194,7 @@ def add_StateStoreServicer_to_server(servicer, server):
             ),
             'GetStream': grpc.stream_stream_rpc_method_handler(
                     servicer.GetStream,
-                    request_deserializer=tierstore_dot_v1_dot_store__pb2.GetRequest.FromString,
+                    request_deserializer=tierstore_dot_v1_dot_store__pb2.StreamRequest.FromString,
                     response_serializer=tierstore_dot_v1_dot_store__pb2.GetStreamResponse.SerializeToString,
             ),
             'Scan': grpc.unary_stream_rpc_method_handler(
@@ -360,7 +361,7 @@ class StateStore:
             request_iterator,
             target,
             '/tierstore.v1.StateStore/GetStream',
-            tierstore_dot_v1_dot_store__pb2.GetRequest.SerializeToString,
+            tierstore_dot_v1_dot_store__pb2.StreamRequest.SerializeToString,
             tierstore_dot_v1_dot_store__pb2.GetStreamResponse.FromString,
             options,
             channel_credentials,
