@@ -23,7 +23,12 @@ from tierstore.server.getstreams import GetStreams
 from tierstore.server.health import StoreHealth
 from tierstore.server.ports import Changelog
 from tierstore.server.service import StoreService
-from tierstore.server.servicer import SERVICE_NAME, generic_handler, method_handlers
+from tierstore.server.servicer import (
+    SERVICE_NAME,
+    ScanSlots,
+    generic_handler,
+    method_handlers,
+)
 from tierstore.server.tls import peer_channel_credentials, server_credentials
 from tierstore.v1 import store_pb2
 
@@ -115,13 +120,17 @@ def create_server(cfg: ServerConfig, service: StoreService | None = None) -> Run
     )
     observe = metrics.observe_rpc if metrics is not None else None
     get_streams = GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
+    scan_slots = ScanSlots(cfg.max_open_scans)
+    if metrics is not None:
+        metrics.attach_calls(get_streams, scan_slots)
     if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63
         # Registered methods: gRPC core matches the method (the client's stubs register
         # theirs too), and no generic handler is searched on each call.
-        server.add_registered_method_handlers(SERVICE_NAME,
-                                              method_handlers(svc, observe, get_streams))
+        server.add_registered_method_handlers(
+            SERVICE_NAME, method_handlers(svc, observe, get_streams, scan_slots))
     else:
-        server.add_generic_rpc_handlers((generic_handler(svc, observe, get_streams),))
+        server.add_generic_rpc_handlers(
+            (generic_handler(svc, observe, get_streams, scan_slots),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -61,6 +61,10 @@ class GetStreams:
     def open_count(self) -> int:
         return len(self._open)
 
+    @property
+    def limit(self) -> int:
+        return self.max_streams
+
     def enter(self, call: Cancellable) -> Slot:
         """A new stream takes a slot; ResourceExhaustedError when all are taken."""
         with self._lock:

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -108,6 +108,10 @@ class ServerMetrics:
         svc.snapshotter.on_snapshot = on_snapshot
         self.registry.register(StateCollector(svc))
 
+    def attach_calls(self, get_streams: OpenCalls, scans: OpenCalls) -> None:
+        """Gauges of the calls that hold a server thread each (GetStreams, open scans)."""
+        self.registry.register(CallsCollector(get_streams, scans))
+
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: a free port) in a daemon thread; returns the port."""
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -174,6 +178,32 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     c = CounterMetricFamily(name, doc)
     c.add_metric([], value)
     return c
+
+
+class OpenCalls(Protocol):
+    """What CallsCollector reads: server/getstreams.py GetStreams, servicer.ScanSlots."""
+
+    def open_count(self) -> int: ...
+
+    @property
+    def limit(self) -> int: ...
+
+
+class CallsCollector(Collector):
+    """Open GetStreams and Scans against their budgets, read at scrape time."""
+
+    def __init__(self, get_streams: OpenCalls, scans: OpenCalls) -> None:
+        self.kinds = (("get_streams", get_streams, "GetStream calls (clients' point-read "
+                       "streams)"), ("scans", scans, "Scan calls (range reads)"))
+
+    def collect(self) -> Iterator[Metric]:
+        for name, calls, what in self.kinds:
+            open_now = _gauge(f"tierstore_{name}_open", f"{what} open now, each holding a "
+                              "server thread")
+            open_now.add_metric([], calls.open_count())
+            limit = _gauge(f"tierstore_{name}_limit", f"{what} allowed open at once")
+            limit.add_metric([], calls.limit)
+            yield from (open_now, limit)
 
 
 class StateCollector(Collector):

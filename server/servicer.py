@@ -141,15 +141,19 @@ class ScanSlots:
         with self._lock:
             self.open -= 1
 
+    def open_count(self) -> int:
+        return self.open
+
 
 class Servicer:
     def __init__(self, service: StoreService, observe: Observe | None = None,
-                 get_streams: GetStreams | None = None) -> None:
+                 get_streams: GetStreams | None = None,
+                 scan_slots: ScanSlots | None = None) -> None:
         self.svc = service
         self.observe = observe
         cfg = service.cfg
         self.get_streams = get_streams or GetStreams(cfg.max_get_streams, cfg.get_stream_idle_s)
-        self.scan_slots = ScanSlots(cfg.max_open_scans)
+        self.scan_slots = scan_slots or ScanSlots(cfg.max_open_scans)
 
     # Each handler takes the request bytes and returns the response bytes.
     def Open(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -421,21 +425,22 @@ def _bidi(
 
 def generic_handler(
     service: StoreService, observe: Observe | None = None,
-    get_streams: GetStreams | None = None,
+    get_streams: GetStreams | None = None, scan_slots: ScanSlots | None = None,
 ) -> grpc.GenericRpcHandler:
     """The StateStore handlers; with `observe`, each call's method, status and duration."""
     return grpc.method_handlers_generic_handler(
-        SERVICE_NAME, method_handlers(service, observe, get_streams))
+        SERVICE_NAME, method_handlers(service, observe, get_streams, scan_slots))
 
 
 def method_handlers(
     service: StoreService, observe: Observe | None = None,
-    get_streams: GetStreams | None = None,
+    get_streams: GetStreams | None = None, scan_slots: ScanSlots | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """The StateStore handlers by method name (for `add_registered_method_handlers`, or
-    wrapped by `generic_handler`). `get_streams`: the GetStream bookkeeping (the server closes
-    it at shutdown); by default one of the service's configuration."""
-    s = Servicer(service, observe, get_streams)
+    wrapped by `generic_handler`). `get_streams` and `scan_slots`: the bookkeeping of the calls
+    that hold a thread each (the server closes the first at shutdown, metrics read both); by
+    default new ones from the service's configuration."""
+    s = Servicer(service, observe, get_streams, scan_slots)
     unary = {
         "Open": s.Open, "Stage": s.Stage, "Commit": s.Commit, "Get": s.Get, "Count": s.Count,
         "Close": s.Close, "DescribeStore": s.DescribeStore, "Snapshot": s.Snapshot,

@@ -42,3 +42,28 @@ def _scans(r: object) -> bool:
         return next(iter(r.all()))[0] == b"k00000"  # type: ignore[attr-defined]
     except errors.ResourceExhaustedError:
         return False
+
+
+def test_open_streams_and_scans_are_metrics(tmp_path: Path) -> None:
+    from tests.test_metrics import scrape, value
+
+    with running(tmp_path, metrics_listen="127.0.0.1:0", max_open_scans=5,
+                 max_get_streams=7, scan_page_size=10) as server:
+        assert server.metrics is not None
+        before = scrape(server.metrics.port)
+        assert value(before, "tierstore_scans_limit") == 5
+        assert value(before, "tierstore_get_streams_limit") == 7
+        assert value(before, "tierstore_scans_open") == 0
+        assert value(before, "tierstore_get_streams_open") == 0
+        with connect(f"127.0.0.1:{server.port}", timeout_s=5) as c, c.key_value_store("s") as kv:
+            kv.put_all([(b"k%05d" % i, b"v" * 8000) for i in range(2000)])
+            kv.commit({"in:0": 1})
+            assert kv.get(b"k00001") == b"v" * 8000  # on a GetStream, which stays open
+            open_scan = iter(c.reader("s").all())
+            next(open_scan)
+            during = scrape(server.metrics.port)
+            assert value(during, "tierstore_get_streams_open") == 1
+            assert value(during, "tierstore_scans_open") == 1
+            del open_scan
+            assert wait_until(lambda: value(scrape(server.metrics.port),  # type: ignore[union-attr]
+                                            "tierstore_scans_open") == 0, 10)
