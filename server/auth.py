@@ -36,9 +36,10 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from tierstore.server.config import ConfigError
 from tierstore.v1 import store_pb2 as pb
@@ -81,6 +82,7 @@ class Refusal:
 
     code: grpc.StatusCode
     message: str
+
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEYS = {"name", "token", "token_sha256", "permissions"}
@@ -213,15 +215,23 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return token
 
 
+M = TypeVar("M", bound=Message)
+
+
+def _parsed(cls: type[M], data: bytes) -> M:
+    """`data` parsed as a `cls`; ValueError naming only the kind of failure."""
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # DecodeError, or RuntimeError/ValueError for bad UTF-8
+        raise ValueError(f"malformed request: {type(exc).__name__}") from None
+    return msg
+
+
 def store_of(request: object) -> str:
     """The store a request names. Raises ValueError when the bytes are not a request."""
     if isinstance(request, bytes):
-        msg = _StoreOnly()
-        try:
-            msg.ParseFromString(request)
-        except Exception as exc:  # DecodeError, or RuntimeError/ValueError for bad UTF-8
-            raise ValueError(f"malformed request: {type(exc).__name__}") from None
-        return str(msg.store)
+        return str(_parsed(_StoreOnly, request).store)
     return str(getattr(request, "store", ""))
 
 
@@ -230,11 +240,7 @@ def store_of_stream_request(request: object) -> str:
     ValueError when the bytes are not one."""
     if not isinstance(request, bytes):
         raise ValueError("malformed request: not bytes")
-    msg = pb.StreamRequest()
-    try:
-        msg.ParseFromString(request)
-    except Exception as exc:  # DecodeError, or RuntimeError/ValueError for bad UTF-8
-        raise ValueError(f"malformed request: {type(exc).__name__}") from None
+    msg = _parsed(pb.StreamRequest, request)
     kind = msg.WhichOneof("read")
     if kind is None:
         raise ValueError("malformed request: a StreamRequest needs `get` or `scan`")

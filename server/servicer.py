@@ -213,15 +213,16 @@ class Servicer:
         one server page), and whether the range goes on after it."""
         cap = self.svc.cfg.scan_page_size
         want = min(req.limit, cap) if req.limit else cap
+        # Pages of `want` entries, and at most one entry after them: its presence is `more`.
         pages = self._pages(req, context, page_size=want, limit=want + 1)
         try:
             first = next(pages, [])
-            more = len(first) > want or next(pages, None) is not None
+            more = next(pages, None) is not None
         finally:
             pages.close()  # ends the RocksDB iterator now
         msg = pb.GetStreamResponse(more=more)
-        msg.page.keys.extend([k for k, _ in first[:want]])
-        msg.page.values.extend([v for _, v in first[:want]])
+        msg.page.keys.extend([k for k, _ in first])
+        msg.page.values.extend([v for _, v in first])
         return msg.SerializeToString()
 
     def _pages(self, req: pb.ScanRequest, context: grpc.ServicerContext, page_size: int,
@@ -413,9 +414,7 @@ def _bidi(
     def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
             yield from fn(requests, context)
-        except GeneratorExit:  # the client went away, or the stream was cancelled
-            raise
-        except grpc.RpcError:  # the same, seen by the request iterator: the call is over
+        except grpc.RpcError:  # the client went away or cancelled: the call is over
             return
         except Exception as exc:
             _abort(context, exc, name)
