@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from tierstore import windowkeys as wk
 from tierstore.client.errors import InvalidArgumentError
 from tierstore.client.queries import SessionQueries, WindowQueries
-from tierstore.client.reader import MERGE_STREAMS, StoreReader
+from tierstore.client.reader import StoreReader
 from tierstore.client.retention import check_key_range, check_time, check_times, check_user_key
 
 Raw = Iterator[tuple[bytes, bytes]]
@@ -113,9 +113,9 @@ class WindowReader(WindowQueries, _TimedReader):
                 a, b = wk.window_key_range(key_from, key_to, seg, max(lo, first),
                                            min(hi, last))
                 ranges.append((p, a, b, lo, hi))
-        chunked = len(ranges) > MERGE_STREAMS  # see tierstore.client.reader
-        scans = [self._in_times(self._scan(p, a, b, None, reverse, chunked), lo, hi)
-                 for p, a, b, lo, hi in ranges]
+        raws = self._merge_scans([(p, a, b) for p, a, b, _, _ in ranges], None, reverse)
+        scans = [self._in_times(raw, lo, hi)
+                 for raw, (_, _, _, lo, hi) in zip(raws, ranges, strict=True)]
         for k, v in self._merge(scans, reverse):
             key, t = wk.decode_window_key(k)
             yield key, t, v
@@ -181,9 +181,9 @@ class SessionReader(SessionQueries, _TimedReader):
                 first = wk.segment_span(seg, self.segment_interval_ms)[0]
                 a, b = wk.session_key_range(key_from, key_to, seg, max(lo, first))
                 ranges.append((p, a, b, lo))
-        chunked = len(ranges) > MERGE_STREAMS  # see tierstore.client.reader
-        scans = [self._matching(self._scan(p, a, b, None, reverse, chunked), lo, s1)
-                 for p, a, b, lo in ranges]
+        raws = self._merge_scans([(p, a, b) for p, a, b, _ in ranges], None, reverse)
+        scans = [self._matching(raw, lo, s1)
+                 for raw, (_, _, _, lo) in zip(raws, ranges, strict=True)]
         for k, v in self._merge(scans, reverse):
             key, s, e = wk.decode_session_key(k)
             yield key, s, e, v
