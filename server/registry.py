@@ -21,7 +21,7 @@ from tierstore.server.hottier import HotTier, ShardDB
 from tierstore.server.manifest import Manifest
 from tierstore.server.ports import Changelog, ObjectStore
 from tierstore.server.prefetch import Prefetch
-from tierstore.server.replayahead import ReplayAhead
+from tierstore.server.replayahead import ReplayAheads
 from tierstore.server.restore import LogPrefix, ReplayResult, replay_changelog
 from tierstore.server.shard import Shard, ShardLimits
 from tierstore.server.snapshots import SnapshotStore
@@ -309,7 +309,7 @@ class Registry:
         if changelog is not None and changelog_end is not None:
             changelog = LogPrefix(changelog, changelog_end)
         prefetch: Prefetch | None = None
-        ahead: _Ahead | None = None
+        ahead: ReplayAheads | None = None
         log_progress = _progress_logger(f"{spec.name}/{partition}")
 
         def on_records(records: int) -> None:
@@ -320,13 +320,13 @@ class Registry:
             shutil.rmtree(path, ignore_errors=True)
             tmp = self.data_dir / "tmp" / f"restore-{uuid.uuid4().hex}"
             on_manifest: Callable[[Manifest], None] | None = None
+            if changelog is not None:
+                _ensure_topic_soon(changelog, spec)
             if changelog is not None and not spec.windowed:
                 # Replay the log's tail while the snapshot downloads (server/replayahead.py).
-                _ensure_topic_soon(changelog, spec)
-                ahead = _Ahead(changelog, spec.name, partition, on_records)
+                ahead = ReplayAheads(changelog, spec.name, partition, on_records)
                 on_manifest = ahead.start
             elif changelog is not None:  # read the log's tail while the snapshot downloads
-                _ensure_topic_soon(changelog, spec)
                 prefetch = changelog = Prefetch(changelog, spec.name, partition)
                 on_manifest = partial(_prefetch_from, prefetch)
             try:
@@ -415,29 +415,6 @@ class Registry:
 
     def __iter__(self) -> Iterator[Shard]:
         return iter(self.open_shards())
-
-
-class _Ahead:
-    """The replay ahead of the snapshot that is downloading (restore_latest announces each
-    snapshot it tries; a newer replay replaces the one of a snapshot found corrupt)."""
-
-    def __init__(self, changelog: Changelog, store: str, partition: int,
-                 progress: Callable[[int], None]) -> None:
-        self._args = (changelog, store, partition)
-        self._progress = progress
-        self.current: ReplayAhead | None = None
-
-    def start(self, manifest: Manifest) -> None:
-        self.cancel()
-        changelog, store, partition = self._args
-        self.current = ReplayAhead(changelog, store, partition, manifest, self._progress)
-
-    def finish(self, db: ShardDB) -> ReplayResult | None:
-        return self.current.finish(db) if self.current is not None else None
-
-    def cancel(self) -> None:
-        if self.current is not None:
-            self.current.cancel()
 
 
 def _prefetch_from(prefetch: Prefetch, manifest: Manifest) -> None:

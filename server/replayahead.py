@@ -158,3 +158,28 @@ class ReplayAhead:
     def cancel(self) -> None:
         """Give up: nothing more is written anywhere (the thread ends at its next page)."""
         self._pending.cancel()
+
+
+class ReplayAheads:
+    """The replay ahead of whichever snapshot is downloading: restore_latest announces each
+    snapshot it tries (`start`), and a newer replay replaces the one of a snapshot found
+    corrupt."""
+
+    def __init__(self, changelog: Changelog, store: str, partition: int,
+                 progress: Progress | None = None) -> None:
+        self._args = (changelog, store, partition)
+        self._progress = progress
+        self.current: ReplayAhead | None = None
+
+    def start(self, manifest: Manifest) -> None:
+        self.cancel()
+        changelog, store, partition = self._args
+        self.current = ReplayAhead(changelog, store, partition, manifest, self._progress)
+
+    def finish(self, db: ShardDB) -> ReplayResult | None:
+        """See ReplayAhead.finish; None also when no snapshot was announced."""
+        return self.current.finish(db) if self.current is not None else None
+
+    def cancel(self) -> None:
+        if self.current is not None:
+            self.current.cancel()
