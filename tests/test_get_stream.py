@@ -147,7 +147,10 @@ def test_an_idle_stream_is_ended_and_its_slot_freed(tmp_path: Path) -> None:
             ra = a.reader("s")
             assert ra.get(b"k001") == data[b"k001"]
             assert a.router.stream_reads == 1
-            time.sleep(1.0)  # idle for more than get_stream_idle_s: the server ends a's stream
+            streams = server.get_streams
+            assert streams is not None and streams.open_count() == 1
+            # Idle for more than get_stream_idle_s: the server ends a's stream.
+            assert wait_until(lambda: streams.open_count() == 0 and streams.reaped == 1, 10)
             with connect(target) as b:
                 assert b.reader("s").get(b"k002") == data[b"k002"]
                 assert b.router.stream_reads == 1  # b got the only slot
