@@ -51,14 +51,19 @@ def test_a_claim_keeps_a_commit_that_landed_after_the_load(tmp_path: Path,
         b.registry.shard(b.registry.describe("acct"), 0)  # b loads it, to the log's end
         result = a.commit("acct", 0, meta.epoch, 2, 0, [b"k"], [b"v2"], [], {"in:0": 2})
         assert result.applied  # acknowledged: a's worker moves on from input offset 2
-        claimed, _ = b.open("acct", 0, "kv", 1)  # the takeover
-        assert claimed.offsets == {"in:0": 2}, "the new owner resumes before an acked commit"
-        assert b.get("acct", 0, claimed.epoch, [b"k", b"j"]) == [b"v2", b"j1"]
-        b.commit("acct", 0, claimed.epoch, 1, 0, [b"j"], [b"j2"], [], {"in:0": 3})
+        _take_over(b)  # the takeover
     finally:
         a.shutdown(snapshot=False)
         b.shutdown(snapshot=False)
     assert _restored(tmp_path, broker, [b"k", b"j"]) == ([b"v2", b"j2"], {"in:0": 3})
+
+
+def _take_over(b: StoreService) -> None:
+    """b claims acct/0 after a's acknowledged commit 2 (k=v2, j=j1), and commits j=j2 at 3."""
+    claimed, _ = b.open("acct", 0, "kv", 1)
+    assert claimed.offsets == {"in:0": 2}, "the new owner resumes before an acked commit"
+    assert b.get("acct", 0, claimed.epoch, [b"k", b"j"]) == [b"v2", b"j1"]
+    b.commit("acct", 0, claimed.epoch, 1, 0, [b"j"], [b"j2"], [], {"in:0": 3})
 
 
 def _alone(s: StoreService, name: str) -> StoreService:
@@ -149,10 +154,7 @@ def test_a_claim_does_not_repair_a_key_whose_marker_landed_after_the_load(
         mval, mheaders = marker(COMMIT, meta.epoch, 2, {"in:0": 2})
         producer.produce(topic, mval, b"", 0, headers=mheaders)
         assert producer.flush(10) == 0
-        claimed, _ = b.open("acct", 0, "kv", 1)
-        assert claimed.offsets == {"in:0": 2}
-        assert b.get("acct", 0, claimed.epoch, [b"k", b"j"]) == [b"v2", b"j1"]
-        b.commit("acct", 0, claimed.epoch, 1, 0, [b"j"], [b"j2"], [], {"in:0": 3})
+        _take_over(b)
     finally:
         a.shutdown(snapshot=False)
         b.shutdown(snapshot=False)
