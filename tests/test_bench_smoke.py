@@ -16,7 +16,8 @@ from bench.__main__ import main
 
 # The results each benchmark must report (besides its ratios and goals).
 REQUIRED = {
-    "write": ["embedded_keys_per_s", "embedded_quix_keys_per_s", "remote_keys_per_s"],
+    "write": ["embedded_keys_per_s", "embedded_quix_keys_per_s", "remote_keys_per_s",
+              "cpu_ms_per_commit"],
     "read": ["latency"],
     "scan": ["embedded_keys_per_s", "remote_keys_per_s", "remote_reader_keys_per_s"],
     "restore": ["replay_s", "snapshot_plus_tail_s", "raw_download_s", "snapshot_bytes"],
@@ -67,6 +68,38 @@ def test_benchmark_small_writes_complete_json(name: str, tmp_path: Path) -> None
     doc = json.loads((tmp_path / f"{name}.json").read_text())
     _check(doc, name)
     assert rep.render().startswith(f"== {name} (small) ==")
+
+
+def test_thread_cpu_counts_a_busy_thread_by_kind() -> None:
+    """bench.cpu: CPU burnt by a thread of this process between start() and stop() is counted
+    under its thread's kind; a sleeping phase adds (almost) nothing."""
+    import os
+    import threading
+    import time
+
+    from bench.cpu import ThreadCpu, kind
+
+    assert (kind("rdk:broker1"), kind("rocksdb:high"), kind("python")) == (
+        "librdkafka", "rocksdb", "python")
+    cpu = ThreadCpu({"me": os.getpid()})
+
+    def burn() -> None:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+
+    cpu.start()
+    t = threading.Thread(target=burn)
+    t.start()
+    t.join()
+    cpu.stop()  # the thread has ended: its CPU is gone from /proc, so only this thread counts
+    cpu.start()
+    burn()
+    cpu.stop()
+    mine = kind(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
+    busy = cpu.spent[("me", mine)]
+    assert 0.2 <= busy <= 1.0, cpu.spent
+    assert cpu.per_unit_ms(1)[f"me {mine}"] == round(busy * 1000, 2)
 
 
 def test_cli_rejects_unknown_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
