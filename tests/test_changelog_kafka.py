@@ -290,6 +290,47 @@ def test_concurrent_appends(changelog: KafkaChangelog) -> None:
 
 
 @pytest.mark.kafka
+def test_appends_do_not_wait_for_linger(broker: Broker) -> None:
+    """Records linger (so that an append's records go out together), but an append waiting for
+    its acknowledgements flushes, which sends them at once: with linger.ms at 3 s, appends
+    (data records, then the marker: two waits each) from one thread and from four at once
+    still take milliseconds. Without the flush each would take at least 6 s."""
+    cl = KafkaChangelog(KafkaConfig(broker.bootstrap, linger_ms=3000))
+    try:
+        cl.ensure_topic("linger", 4)
+        cl.append_batch("linger", 0, [b"w"], [b"0"], HDRS, b"m", MARKER_HDRS)  # producer id
+        started = time.monotonic()
+        for i in range(5):
+            cl.append_batch("linger", 0, [b"k%d" % i], [b"v"], HDRS, b"m", MARKER_HDRS)
+        assert time.monotonic() - started < 2.5
+
+        took: list[float] = []
+        errors: list[BaseException] = []
+
+        def worker(p: int) -> None:
+            try:
+                for b in range(5):
+                    t0 = time.monotonic()
+                    keys = [b"p%d-%d-%d" % (p, b, i) for i in range(50)]
+                    cl.append_batch("linger", p, keys, keys, HDRS, b"m", MARKER_HDRS)
+                    took.append(time.monotonic() - t0)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(p,)) for p in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(took) == 20
+        assert max(took) < 2.5, sorted(took)
+        assert [len(read_all(cl, "linger", p, 0)) for p in range(4)] == [267, 255, 255, 255]
+        assert cl._waiting == 0 and cl._nobody_waits.is_set()  # the poll thread serves again
+    finally:
+        cl.close()
+
+
+@pytest.mark.kafka
 def test_append_to_dead_broker_raises_in_bounded_time(broker: Broker) -> None:
     cfg = KafkaConfig(
         broker.bootstrap,
