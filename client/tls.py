@@ -7,13 +7,17 @@ to expect in the server's certificate; a ready-made `grpc.ChannelCredentials` is
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from tierstore import secretfile
 from tierstore.client.errors import InvalidArgumentError
+
+log = logging.getLogger("tierstore.client")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class TLSConfig:
         one cannot be read, or when only one of cert_file and key_file is given."""
         if (self.cert_file is None) != (self.key_file is None):
             raise InvalidArgumentError("TLSConfig: give both cert_file and key_file, or neither")
+        if self.key_file is not None and (
+                warning := secretfile.warning(self.key_file, "TLSConfig.key_file")) is not None:
+            log.warning("%s", warning)
         return grpc.ssl_channel_credentials(
             root_certificates=_read("ca_file", self.ca_file),
             private_key=_read("key_file", self.key_file),

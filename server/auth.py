@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from tierstore import secretfile
 from tierstore.server.config import ConfigError
 from tierstore.v1 import store_pb2 as pb
 
@@ -153,7 +154,12 @@ class TokenTable:
         entries = doc.get("tokens") if isinstance(doc, dict) else None
         if not isinstance(entries, list):
             raise AuthConfigError(f"auth tokens file {p}: expected a list `tokens`")
-        return cls([_grant(p, i, e) for i, e in enumerate(entries)])
+        table = cls([_grant(p, i, e) for i, e in enumerate(entries)])
+        # Plain tokens are secrets; a file of token_sha256 digests only is not.
+        plain = any(isinstance(e, dict) and "token" in e for e in entries)
+        if plain and (warning := secretfile.warning(p, "auth tokens file")) is not None:
+            log.warning("%s (or store token_sha256 digests instead of tokens)", warning)
+        return table
 
 
 def _safe_reason(exc: BaseException) -> str:

@@ -7,11 +7,15 @@ its handshake and sees UNAVAILABLE.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
 
+from tierstore import secretfile
 from tierstore.server.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class TLSConfigError(ConfigError):
@@ -46,6 +50,8 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
     if not cert:
         return None
     chain, private_key = _read("--tls-cert", cert), _read("--tls-key", key)
+    if (warning := secretfile.warning(key, "--tls-key")) is not None:
+        log.warning("%s", warning)
     ca = _read("--tls-client-ca", client_ca) if client_ca else None
     return grpc.ssl_server_credentials(
         [(private_key, chain)],

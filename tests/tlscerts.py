@@ -100,6 +100,7 @@ def _write(d: Path, stem: str, pair: tuple[x509.Certificate, ec.EllipticCurvePri
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ))
+    k.chmod(0o600)  # a private key readable by others is warned about (tierstore.secretfile)
     return c, k
 
 

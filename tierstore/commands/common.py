@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tqdm import tqdm
 
+from tierstore import secretfile
 from tierstore.client import Client, TLSConfig, connect
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ def token_of(args: argparse.Namespace, environ: Mapping[str, str] | None = None)
         token = lines[0].strip() if lines else ""
         if not token:
             raise CommandError(f"--token-file {args.token_file}: the file is empty", USAGE)
+        if (warning := secretfile.warning(args.token_file, "--token-file")) is not None:
+            print(f"warning: {warning}", file=sys.stderr)
         return token
     env = os.environ if environ is None else environ
     return env.get(TOKEN_ENV) or None
