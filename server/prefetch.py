@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _END = object()  # the inner read reached the end of the partition
 _PUT_WAIT_S = 0.1  # how often a blocked producer thread checks for cancellation
+_CANCEL_WAIT_S = 1.0  # how long cancel() waits for the thread (it was 30 s: a restore stalled)
 
 
 class _Failed:
@@ -86,12 +87,17 @@ class Prefetch(ReadOnlyView):
         return False
 
     def cancel(self) -> None:
-        """Stop the read ahead (if any) and drop what it read."""
+        """Stop the read ahead (if any) and drop what it read. Waits up to _CANCEL_WAIT_S for
+        its thread: one stuck in a read (a broker that went quiet) ends with that read's own
+        idle timeout, in the background, and hands nothing to anyone."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self._stop.set()
-        thread.join(timeout=30)
+        thread.join(timeout=_CANCEL_WAIT_S)
+        if thread.is_alive():
+            log.info("the changelog read ahead of %s/%d is still in a read; it ends in the "
+                     "background", self.store, self.partition)
         self.started_at = None
 
     def read(self, store: str, partition: int, start_offset: int

@@ -108,3 +108,40 @@ def test_a_read_ahead_that_fails_at_once_falls_back() -> None:
     assert wait_until(lambda: not ahead._queue.empty(), 5.0)  # its failure is queued
     log.created = True  # the restore creates the topic, then replays
     assert _offsets(ahead.read("s", 0, 0)) == [0, 1, 2]
+
+
+class StalledLog(PagedLog):
+    """A read ahead whose broker goes quiet after the first page (the read blocks until
+    `release`, as a Kafka read does until its idle timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def read(self, store: str, partition: int, start_offset: int
+             ) -> Iterator[list[ChangelogRecord]]:
+        pages = super().read(store, partition, start_offset)
+        yield next(pages)
+        if len(self.reads) == 1:  # only the read ahead stalls, not the direct read after it
+            self.release.wait(60)
+        yield from pages
+
+
+def test_cancelling_a_stalled_read_ahead_does_not_wait_for_it() -> None:
+    import time
+
+    log = StalledLog()
+    log.ensure_topic("s", 1)
+    keys = [b"k%03d" % i for i in range(100)]
+    log.append_batch("s", 0, keys, keys, [], b"m", [])
+    ahead = Prefetch(log, "s", 0)
+    ahead.start(50)
+    assert wait_until(lambda: len(log.reads) == 1, 5)
+    started = time.monotonic()
+    # A replay from another offset (an older snapshot): the read ahead is cancelled, and the
+    # direct read goes on without waiting for the stalled thread.
+    assert _offsets(ahead.read("s", 0, 20)) == list(range(20, 101))
+    assert time.monotonic() - started < 5
+    log.release.set()
+    assert wait_until(lambda: not any(t.name.startswith("prefetch-")
+                                      for t in threading.enumerate()), 5)
