@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -31,6 +31,24 @@ def changelog(broker: Broker) -> Iterator[KafkaChangelog]:
 
 def read_all(cl: KafkaChangelog, store: str, partition: int, start: int) -> list[ChangelogRecord]:
     return [rec for page in cl.read(store, partition, start) for rec in page]
+
+
+def in_threads(n: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run work(0) .. work(n - 1) on n threads at once; what they raised."""
+    errors: list[BaseException] = []
+
+    def run(p: int) -> None:
+        try:
+            work(p)
+        except BaseException as exc:  # pragma: no cover - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def topics(broker: Broker) -> set[str]:
@@ -257,25 +275,16 @@ def test_concurrent_appends(changelog: KafkaChangelog) -> None:
     changelog.ensure_topic("conc", 4)
     batches, size = 15, 300
     returned: dict[int, list[int]] = {p: [] for p in range(4)}
-    errors: list[BaseException] = []
 
     def worker(p: int) -> None:
-        try:
-            for b in range(batches):
-                keys = [b"p%d-b%d-%d" % (p, b, i) for i in range(size)]
-                marker = b"p%d-b%d" % (p, b)
-                returned[p].append(
-                    changelog.append_batch("conc", p, keys, keys, HDRS, marker, MARKER_HDRS)
-                )
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for b in range(batches):
+            keys = [b"p%d-b%d-%d" % (p, b, i) for i in range(size)]
+            marker = b"p%d-b%d" % (p, b)
+            returned[p].append(
+                changelog.append_batch("conc", p, keys, keys, HDRS, marker, MARKER_HDRS)
+            )
 
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(4, worker) == []
     for p in range(4):
         recs = read_all(changelog, "conc", p, 0)
         assert len(recs) == batches * (size + 1)
@@ -305,24 +314,15 @@ def test_appends_do_not_wait_for_linger(broker: Broker) -> None:
         assert time.monotonic() - started < 2.5
 
         took: list[float] = []
-        errors: list[BaseException] = []
 
         def worker(p: int) -> None:
-            try:
-                for b in range(5):
-                    t0 = time.monotonic()
-                    keys = [b"p%d-%d-%d" % (p, b, i) for i in range(50)]
-                    cl.append_batch("linger", p, keys, keys, HDRS, b"m", MARKER_HDRS)
-                    took.append(time.monotonic() - t0)
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for b in range(5):
+                t0 = time.monotonic()
+                keys = [b"p%d-%d-%d" % (p, b, i) for i in range(50)]
+                cl.append_batch("linger", p, keys, keys, HDRS, b"m", MARKER_HDRS)
+                took.append(time.monotonic() - t0)
 
-        threads = [threading.Thread(target=worker, args=(p,)) for p in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and len(took) == 20
+        assert in_threads(4, worker) == [] and len(took) == 20
         assert max(took) < 2.5, sorted(took)
         assert [len(read_all(cl, "linger", p, 0)) for p in range(4)] == [267, 255, 255, 255]
         assert cl._waiting == 0 and cl._nobody_waits.is_set()  # the poll thread serves again
