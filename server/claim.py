@@ -111,7 +111,7 @@ def _catch_up(shard: Shard, new: ShardMeta, claim_id: str, start: int | None, of
         end = result.stopped_at if stop is not None else result.end_offset
         fence_out(shard, newest, start if start is not None else shard.meta.changelog_offset,
                   max(end, offset), "claim")
-    return result.meta, result.stopped_at, result.uncommitted_keys
+    return result.meta, result.stopped_at, result.keys_to_repair()
 
 
 def _repair(shard: Shard, meta: ShardMeta, keys: set[bytes], claimed: dict[str, int]) -> None:

@@ -284,7 +284,7 @@ class Registry:
             raise
         self.load_reports[(spec.name, partition)] = LoadReport(
             source, manifest.snapshot_id if manifest is not None else None, replay)
-        repair = replay.uncommitted_keys if replay is not None else set()
+        repair = replay.keys_to_repair() if replay is not None else set()
         shard = Shard(spec, partition, db, self.changelog, self.limits, repair_keys=repair)
         if replay is not None:
             shard.epoch_floor = replay.max_epoch

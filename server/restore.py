@@ -60,10 +60,19 @@ class ReplayResult:
     segment_drops: int = 0  # range deletes re-derived
     max_epoch: int = 0
     uncommitted_keys: set[bytes] = field(default_factory=set)
+    # Keys of dropped zombie data records. Each stays in the log; if it were the newest record
+    # of its key, compaction would remove the committed value before it. Repairing the key (the
+    # committed value appended again) makes it an older record, which compaction may drop.
+    zombie_keys: set[bytes] = field(default_factory=set)
     seconds: float = 0.0
     end_offset: int = -1  # the offset after the last record read: where the next append lands
     stopped_at: int = -1  # with `until`: the offset of the marker the replay stopped before
     stop_marker: Marker | None = None
+
+    def keys_to_repair(self) -> set[bytes]:
+        """What the shard's next append must re-append with committed values: the tail's
+        uncommitted keys and the zombies' keys."""
+        return self.uncommitted_keys | self.zombie_keys
 
 
 class ReadOnlyView:
@@ -140,6 +149,7 @@ def replay_changelog(
     pend_values: list[bytes | None] = []
     last_epoch_raw: bytes | None = None
     last_epoch = 0
+    zombie_keys = result.zombie_keys
     for page in changelog.read(store, partition, meta.changelog_offset):
         if page:
             result.end_offset = page[-1].offset + 1
@@ -180,6 +190,7 @@ def replay_changelog(
                 last_epoch = header_epoch(rec.headers) or max_epoch
             if last_epoch < max_epoch:
                 result.zombie_records += 1
+                zombie_keys.add(rec.key)
                 continue
             max_epoch = last_epoch
             if drops is not None and drops.skip(rec.key):

@@ -123,7 +123,7 @@ class Standbys:
                 log.info("standby %s at commit %d (epoch %d)", shard.name,
                          shard.meta.commit_seq, shard.meta.epoch)
             shard.epoch_floor = max(shard.epoch_floor, result.max_epoch)
-            shard.set_repair(result.uncommitted_keys)
+            shard.set_repair(result.keys_to_repair())
             shard.log_end = result.end_offset
         with self._lock:
             st = self.state.setdefault((shard.spec.name, shard.partition), StandbyState())
