@@ -48,24 +48,25 @@ def test_a_zombie_record_found_by_restore_is_repaired(tmp_path: Path) -> None:
     found = replay_changelog_keys(tmp_path, log)
     assert found == (set(), {b"k"})  # nothing uncommitted at the tail; one zombie key
 
-    b = _service(tmp_path, "b", log)  # restores from the log; its claim repairs b"k"
-    try:
-        meta, _ = b.open("z", 0, "kv", 1)
-        assert b.get("z", 0, 0, [b"k", b"j"]) == [b"v1", b"w2"]
-        assert meta.offsets == {"in:0": 2}
-    finally:
-        b.shutdown(snapshot=False)
+    # A server on a new data dir restores from the log; its claim repairs b"k".
+    assert _restored(tmp_path, "b", log) == ([b"v1", b"w2"], {"in:0": 2})
     newest_k = [r for r in log.logs[("z", 0)] if r.key == b"k"][-1]
     assert newest_k.value == b"v1"  # the repair, after the zombie's record
 
     log.compact()  # the cleaner keeps only the newest record of each key
-    c = _service(tmp_path, "c", log)
+    assert _restored(tmp_path, "c", log) == ([b"v1", b"w2"], {"in:0": 2})
+
+
+def _restored(tmp: Path, name: str, log: MemoryChangelog
+              ) -> tuple[list[bytes | None], dict[str, int]]:
+    """The values of b"k" and b"j" and the committed offsets a new server (data dir `name`)
+    restores from the log and claims."""
+    svc = _service(tmp, name, log)
     try:
-        meta, _ = c.open("z", 0, "kv", 1)
-        assert c.get("z", 0, 0, [b"k", b"j"]) == [b"v1", b"w2"]
-        assert meta.offsets == {"in:0": 2}
+        meta, _ = svc.open("z", 0, "kv", 1)
+        return svc.get("z", 0, 0, [b"k", b"j"]), dict(meta.offsets)
     finally:
-        c.shutdown(snapshot=False)
+        svc.shutdown(snapshot=False)
 
 
 def replay_changelog_keys(tmp: Path, log: MemoryChangelog) -> tuple[set[bytes], set[bytes]]:
