@@ -36,9 +36,8 @@ class TLSConfig:
         one cannot be read, or when only one of cert_file and key_file is given."""
         if (self.cert_file is None) != (self.key_file is None):
             raise InvalidArgumentError("TLSConfig: give both cert_file and key_file, or neither")
-        if self.key_file is not None and (
-                warning := secretfile.warning(self.key_file, "TLSConfig.key_file")) is not None:
-            log.warning("%s", warning)
+        if self.key_file is not None:
+            secretfile.warn(self.key_file, "TLSConfig.key_file", log)
         return grpc.ssl_channel_credentials(
             root_certificates=_read("ca_file", self.ca_file),
             private_key=_read("key_file", self.key_file),

@@ -156,9 +156,9 @@ class TokenTable:
             raise AuthConfigError(f"auth tokens file {p}: expected a list `tokens`")
         table = cls([_grant(p, i, e) for i, e in enumerate(entries)])
         # Plain tokens are secrets; a file of token_sha256 digests only is not.
-        plain = any(isinstance(e, dict) and "token" in e for e in entries)
-        if plain and (warning := secretfile.warning(p, "auth tokens file")) is not None:
-            log.warning("%s (or store token_sha256 digests instead of tokens)", warning)
+        if any(isinstance(e, dict) and "token" in e for e in entries):
+            secretfile.warn(p, "auth tokens file", log,
+                            " (or store token_sha256 digests instead of tokens)")
         return table
 
 

@@ -50,8 +50,7 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
     if not cert:
         return None
     chain, private_key = _read("--tls-cert", cert), _read("--tls-key", key)
-    if (warning := secretfile.warning(key, "--tls-key")) is not None:
-        log.warning("%s", warning)
+    secretfile.warn(key, "--tls-key", log)
     ca = _read("--tls-client-ca", client_ca) if client_ca else None
     return grpc.ssl_server_credentials(
         [(private_key, chain)],

@@ -71,8 +71,8 @@ def test_benchmark_small_writes_complete_json(name: str, tmp_path: Path) -> None
 
 
 def test_thread_cpu_counts_a_busy_thread_by_kind() -> None:
-    """bench.cpu: CPU burnt by a thread of this process between start() and stop() is counted
-    under its thread's kind; a sleeping phase adds (almost) nothing."""
+    """bench.cpu: CPU a thread of this process burns between start() and stop() is counted
+    under its thread's kind."""
     import os
     import threading
     import time

@@ -8,6 +8,7 @@ and refusing to start there would surprise more than it protects.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -36,3 +37,9 @@ def warning(path: str | Path, what: str) -> str | None:
         return None
     return (f"{what} {path} is not private ({why}); make it readable by its owner only "
             f"(chmod 600, or defaultMode: 0400 for a Kubernetes Secret volume)")
+
+
+def warn(path: str | Path, what: str, logger: logging.Logger, hint: str = "") -> None:
+    """Log `warning(path, what)` (with `hint` after it) on `logger` if there is one."""
+    if (text := warning(path, what)) is not None:
+        logger.warning("%s%s", text, hint)
