@@ -48,7 +48,7 @@ class Slot:
 
 class GetStreams:
     def __init__(self, max_streams: int, idle_s: float, check_s: float | None = None) -> None:
-        self.max_streams = max_streams
+        self.limit = max_streams  # streams open at once
         self.idle_s = idle_s
         self._check_s = check_s if check_s is not None else min(5.0, max(idle_s / 4, 0.05))
         self._lock = threading.Lock()
@@ -61,18 +61,14 @@ class GetStreams:
     def open_count(self) -> int:
         return len(self._open)
 
-    @property
-    def limit(self) -> int:
-        return self.max_streams
-
     def enter(self, call: Cancellable) -> Slot:
         """A new stream takes a slot; ResourceExhaustedError when all are taken."""
         with self._lock:
             if self.closed:
                 raise UnavailableError("the server is shutting down")
-            if len(self._open) >= self.max_streams:
+            if len(self._open) >= self.limit:
                 raise ResourceExhaustedError(
-                    f"all {self.max_streams} GetStream slots of this server are taken "
+                    f"all {self.limit} GetStream slots of this server are taken "
                     "(--max-get-streams): use unary Get calls")
             slot = Slot(next(self._tokens), call)
             self._open[slot.token] = slot

@@ -183,10 +183,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 class OpenCalls(Protocol):
     """What CallsCollector reads: server/getstreams.py GetStreams, servicer.ScanSlots."""
 
-    def open_count(self) -> int: ...
+    limit: int
 
-    @property
-    def limit(self) -> int: ...
+    def open_count(self) -> int: ...
 
 
 class CallsCollector(Collector):
