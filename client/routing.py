@@ -40,6 +40,41 @@ def owner_of(exc: grpc.RpcError) -> str | None:
     return None
 
 
+class RetriedRpcError(grpc.RpcError):
+    """The deadline ran out in a call that was retrying another error: the deadline's status,
+    with the retried error in its details, so that the cause a caller can act on (e.g. the
+    server's "disk full") is not replaced by a bare "Deadline Exceeded"."""
+
+    def __init__(self, final: grpc.RpcError, retried: grpc.RpcError, seconds: float) -> None:
+        super().__init__()
+        self._final, self._retried, self._seconds = final, retried, seconds
+
+    def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = self._final.code()
+        return code
+
+    def details(self) -> str:
+        final = self._final.details()
+        retried = self._retried
+        return (f"{final} after retrying for {self._seconds:.1f}s; the last error was "
+                f"{retried.code().name}: {retried.details()}")
+
+    def trailing_metadata(self) -> Any:
+        return self._final.trailing_metadata()
+
+    def __str__(self) -> str:
+        return f"{self.code().name}: {self.details()}"
+
+
+def _explained(exc: grpc.RpcError, retried: grpc.RpcError | None,
+               started: float) -> grpc.RpcError:
+    """`exc`, or, when it is the deadline cutting short a retry of `retried`, both together."""
+    deadline = grpc.StatusCode.DEADLINE_EXCEEDED
+    if retried is None or exc.code() is not deadline or retried.code() is deadline:
+        return exc
+    return RetriedRpcError(exc, retried, time.monotonic() - started)
+
+
 class Router:
     def __init__(
         self,
@@ -118,6 +153,7 @@ class Router:
         address = self.address_for(shard)
         delay = 0.02
         remaining = max(budget, 0.05)  # the first attempt: the whole budget
+        retried: grpc.RpcError | None = None  # the error the attempts so far are retrying
         while True:
             try:
                 return self._callable(address, method)(request, timeout=remaining,
@@ -128,7 +164,10 @@ class Router:
                     raise
                 nxt = self._next_address(exc, shard, address, tried_down, stale)
                 if nxt is None or time.monotonic() >= deadline:
+                    if (why := _explained(exc, retried, started)) is not exc:
+                        raise why from exc
                     raise
+                retried = exc
                 if nxt == address:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
