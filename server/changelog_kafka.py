@@ -230,13 +230,17 @@ class KafkaChangelog:
     def _produce(self, producer: Producer, topic: str, partition: int, keys: Sequence[bytes],
                  values: Sequence[bytes | None], headers: list[Any] | None,
                  waiter: _Waiter) -> None:
-        produce = producer.produce  # the hot loop: one C call per record
+        # The hot loop: one C call per record, its arguments positional (topic, value, key,
+        # partition, on_delivery, callback, timestamp, headers), which the C binding parses
+        # faster than keywords: `bench.ab_write` 1.12-1.16x. tests/test_changelog_kafka.py
+        # checks that the headers, the callback and the timestamp arrive as meant.
+        produce = producer.produce
         deadline = 0.0
         try:
             for key, value in zip(keys, values, strict=True):
                 while True:
                     try:
-                        produce(topic, value, key, partition, on_delivery=waiter, headers=headers)
+                        produce(topic, value, key, partition, waiter, None, 0, headers)
                         break
                     except BufferError:  # local queue full: wait for room, up to the timeout
                         deadline = deadline or time.monotonic() + self._cfg.message_timeout_ms / 1e3

@@ -8,7 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests.infra import Broker
@@ -187,6 +193,33 @@ def test_append_read_round_trip(changelog: KafkaChangelog) -> None:
     with pytest.raises(AttributeError):
         recs[0].key = b"z"  # type: ignore[misc]
     assert read_all(changelog, "kv", 0, 0) == []  # the other partition is untouched
+
+
+@pytest.mark.kafka
+def test_records_carry_the_time_they_were_produced(broker: Broker,
+                                                   changelog: KafkaChangelog) -> None:
+    """Topic retention (window and session stores) deletes by record time: data records and
+    markers must carry the time of their append, not 0 (the produce call passes its arguments
+    by position, so a shifted argument would show here)."""
+    changelog.ensure_topic("kvtime", 1)
+    before = int(time.time() * 1000)
+    changelog.append_batch("kvtime", 0, [b"a", b"b"], [b"1", None], HDRS, b"m", MARKER_HDRS)
+    after = int(time.time() * 1000)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "kvtime",
+                         "enable.partition.eof": True, "log_level": 3})
+    try:
+        consumer.assign([TopicPartition(changelog.topic_for("kvtime"), 0, 0)])
+        stamps = []
+        deadline = time.monotonic() + 30
+        while len(stamps) < 3 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                stamps.append(msg.timestamp())
+    finally:
+        consumer.close()
+    assert len(stamps) == 3
+    for kind, ms in stamps:
+        assert kind == TIMESTAMP_CREATE_TIME and before - 1000 <= ms <= after + 1000, stamps
 
 
 @pytest.mark.kafka
