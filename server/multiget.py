@@ -9,6 +9,7 @@ own thread, as before, and nothing waits in a queue for a helper.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,3 +58,12 @@ def helpers() -> MultiGetHelpers:
             if _helpers is None:
                 _helpers = MultiGetHelpers()
     return _helpers
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of the parent's helper threads: it makes its own on first use."""
+    global _helpers
+    _helpers = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -105,3 +105,31 @@ def test_shard_database_multi_get(tmp_path: Path) -> None:
         assert db.get_many(keys[:3]) == want[:3]
     finally:
         db.close()
+
+
+def test_a_forked_child_gets_its_own_helpers() -> None:
+    """The parent's helper threads do not exist in a forked child: a split there must not wait
+    for them forever."""
+    import os
+
+    from tierstore.server import multiget
+
+    parent = multiget.helpers()
+    parent.get_many(lambda ks: list(ks), _keys(100))  # the parent's helper thread exists
+    pid = os.fork()
+    if pid == 0:  # the child: answer with the split, or be killed by the parent's timeout
+        try:
+            ok = multiget.helpers() is not parent and multiget.helpers().get_many(
+                lambda ks: list(ks), _keys(100)) == _keys(100)
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = threading.Event()
+    for _ in range(100):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        deadline.wait(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child's multi-get hung")
