@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tierstore.server.cluster import wait_until
 from tierstore.server.hottier import HotTier, ShardMeta
 from tierstore.server.multiget import MultiGetHelpers
 
@@ -82,13 +83,13 @@ def test_an_error_in_either_half_surfaces_and_frees_the_helper(failing_half: int
         with pytest.raises(RuntimeError, match="closed"):
             helpers.get_many(get, keys)
         calls: list[tuple[int, list[bytes]]] = []
-        for _ in range(50):  # the helper is released once its half is done
+
+        def split_again() -> bool:  # the helper is released once its half is done
             calls.clear()
             helpers.get_many(_recording(calls), keys)
-            if len(calls) == 2:
-                break
-            threading.Event().wait(0.01)
-        assert len(calls) == 2
+            return len(calls) == 2
+
+        assert wait_until(split_again, 5, 0.01)
     finally:
         helpers.shutdown()
 
@@ -123,13 +124,16 @@ def test_a_forked_child_gets_its_own_helpers() -> None:
                 lambda ks: list(ks), _keys(100)) == _keys(100)
         finally:
             os._exit(0 if ok else 1)
-    deadline = threading.Event()
-    for _ in range(100):
-        done, status = os.waitpid(pid, os.WNOHANG)
+    status: list[int] = []
+
+    def exited() -> bool:
+        done, code = os.waitpid(pid, os.WNOHANG)
         if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        deadline.wait(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child's multi-get hung")
+            status.append(os.waitstatus_to_exitcode(code))
+        return bool(done)
+
+    if not wait_until(exited, 5):
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child's multi-get hung")
+    assert status == [0]
