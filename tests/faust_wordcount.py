@@ -34,6 +34,7 @@ app = faust.App(
     store=ENV["WC_STORE"],
     datadir=ENV["WC_DATADIR"],
     web_enabled=False,
+    web_port=int(ENV.get("WC_WEB_PORT", "6066")),  # two workers on one machine need two
     processing_guarantee=ENV.get("WC_GUARANTEE", "at_least_once"),
     topic_partitions=PARTS,
     table_standby_replicas=0,

@@ -1,5 +1,6 @@
 """The Faust store backend, end to end: a real Faust word-count worker on a real Tansu broker,
-killed with SIGKILL halfway and replaced by a fresh worker on an empty working directory.
+killed with SIGKILL halfway and replaced by a fresh worker on an empty working directory; and
+two live workers sharing the input while it arrives (a rebalance each way).
 
 The same scenario runs with Faust's default store (rocksdb:// through rocksdict) and with
 tierstore (a real server subprocess with a Kafka changelog and snapshots in moto S3), in one
@@ -20,9 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.faust_harness import Worker, produce_words, read_dump
-from tests.infra import Broker, S3Server
+from tests.faust_harness import (
+    PacedWords,
+    Worker,
+    create_topic,
+    produce_words,
+    read_dump,
+)
+from tests.infra import Broker, S3Server, free_port
 from tests.serverproc import ServerProc
+from tierstore.server.cluster import wait_until
 
 pytest.importorskip("faust")  # the `faust` extra (part of `test`)
 
@@ -142,3 +150,66 @@ def test_faust_kill9_group_ahead_of_tierstore_rewinds(
           f"fresh worker processed {ts['w2_seen']} records")
     assert sum(rewound) > 0, "the scenario did not put the group ahead of tierstore"
     assert ts["got"] == dict(ts["ref"]), diff(ts["ref"], ts["got"])  # type: ignore[arg-type]
+
+
+def test_faust_live_rebalance_two_workers_count_every_record_once(
+        tmp_path: Path, broker: Broker, s3_server: S3Server, s3_bucket: str) -> None:
+    """Input keeps arriving while worker 1 runs alone, worker 2 joins (the partitions split
+    between the two live workers: worker 1 commits and releases the shards it loses, worker 2
+    claims them and resumes at tierstore's offsets), and worker 1 then leaves with SIGTERM
+    (worker 2 takes every partition). tierstore's committed counts must equal the reference
+    exactly: nothing lost and nothing counted twice across either handover."""
+    app_id = "wclive"
+    topic = f"{app_id}-words"
+    create_topic(broker.bootstrap, topic, PARTITIONS)
+    server = ServerProc(tmp_path / "ts-data", kafka=broker.bootstrap,
+                        object_store=f"s3://{s3_bucket}/ts", s3_endpoint=s3_server.endpoint)
+    words = PacedWords(broker.bootstrap, topic, PARTITIONS, VOCABULARY, seed=5)
+    env = {"WC_APP": app_id, "WC_BROKER": broker.bootstrap,
+           "WC_STORE": f"tierstore://{server.address}", "WC_INPUT": topic,
+           "WC_PARTITIONS": str(PARTITIONS), "WC_END": json.dumps([1 << 40] * PARTITIONS)}
+
+    def worker(name: str) -> Worker:
+        return Worker({**env, "WC_DATADIR": str(tmp_path / name), "WC_WEB_PORT": str(free_port()),
+                       "WC_DUMP": str(tmp_path / f"{name}.json")}, tmp_path / f"{name}.log")
+
+    w1 = worker("w1")
+    w2: Worker | None = None
+    try:
+        w1.wait("500 records", lambda: w1.seen >= 500, 90)
+        w2 = worker("w2")
+        w2.wait("300 records of its own", lambda: w2 is not None and w2.seen >= 300, 90)
+        before = w1.seen
+        w1.wait("more records after worker 2 joined", lambda: w1.seen >= before + 100, 60)
+        split_at = (w1.seen, w2.seen)
+        w1.stop()  # SIGTERM: Faust leaves the group, the store commits and releases its shards
+        after = w2.seen
+        w2.wait("worker 1's partitions", lambda: w2 is not None and w2.seen >= after + 500, 90)
+        words.stop()
+        total = words.produced
+        w2.wait("every input record committed to the group",
+                lambda: group_committed(broker.bootstrap, app_id, topic) >= total, 90)
+
+        def committed() -> dict[str, int]:
+            with server.client() as client:
+                reader = client.reader(f"{app_id}-counts")
+                return {json.loads(k): json.loads(v) for k, v in reader.all()}
+
+        state: dict[str, dict[str, int]] = {}
+
+        def settled() -> bool:
+            state["got"] = committed()
+            return sum(state["got"].values()) >= total
+
+        wait_until(settled, 30, every_s=0.5)
+    finally:
+        words.stop()
+        w1.stop()
+        if w2 is not None:
+            w2.stop()
+        server.close()
+    lost, twice = diff(words.ref, state["got"])
+    print(f"\nFAUST live rebalance: {total} records; both workers counting side by side "
+          f"(worker 1 at {split_at[0]} records, worker 2 at {split_at[1]}) until worker 1 left; "
+          f"lost={lost} counted_twice={twice}")
+    assert state["got"] == dict(words.ref), (lost, twice)
