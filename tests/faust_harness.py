@@ -12,20 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from tests.infra import kill9, terminate
+from tests.words import word_partition
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def word_partition(word: str, partitions: int) -> int:
-    """Every occurrence of a word goes to one partition (a stable hash), as Faust needs."""
-    return zlib.crc32(word.encode()) % partitions
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -57,55 +52,6 @@ def produce_words(bootstrap: str, topic: str, partitions: int, records: int, voc
     if producer.flush(30) != 0:
         raise RuntimeError("input records were not all delivered")
     return ref, ends
-
-
-class PacedWords:
-    """Writes random words to an existing topic from a thread, `chunk` records every
-    `interval_s`, until `stop()`; `ref` and `ends` are then the reference counts and the end
-    offset of each partition (input that keeps arriving while workers come and go)."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int, vocabulary: int, seed: int,
-                 chunk: int = 50, interval_s: float = 0.1) -> None:
-        from confluent_kafka import Producer
-
-        self.ref: Counter[str] = Counter()
-        self.ends = [0] * partitions
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        self._args = (topic, partitions, [f"w{i:04d}" for i in range(vocabulary)],
-                      random.Random(seed), chunk, interval_s)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def produced(self) -> int:
-        return sum(self.ends)
-
-    def _run(self) -> None:
-        topic, partitions, vocab, rng, chunk, interval_s = self._args
-        try:
-            while not self._stop.is_set():
-                for _ in range(chunk):
-                    word = rng.choice(vocab)
-                    p = word_partition(word, partitions)
-                    self._producer.produce(topic, key=word.encode(), value=word.encode(),
-                                           partition=p)
-                    self.ref[word] += 1
-                    self.ends[p] += 1
-                self._producer.poll(0)
-                self._stop.wait(interval_s)
-        except Exception as exc:  # reported by stop()
-            self._error = exc
-
-    def stop(self) -> None:
-        """Stop writing and wait until every record written is acknowledged."""
-        self._stop.set()
-        self._thread.join(30)
-        if self._error is not None:
-            raise RuntimeError("the input writer failed") from self._error
-        if self._producer.flush(30) != 0:
-            raise RuntimeError("input records were not all delivered")
 
 
 @dataclass

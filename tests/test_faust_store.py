@@ -21,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faust_harness import (
-    PacedWords,
-    Worker,
-    create_topic,
-    produce_words,
-    read_dump,
-)
+from tests.faust_harness import Worker, create_topic, produce_words, read_dump
 from tests.infra import Broker, S3Server, free_port
 from tests.serverproc import ServerProc
+from tests.words import PacedWords
 from tierstore.server.cluster import wait_until
 
 pytest.importorskip("faust")  # the `faust` extra (part of `test`)

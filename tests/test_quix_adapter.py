@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.infra import Broker, S3Server, kill9, terminate
 from tests.serverproc import ServerProc
+from tests.words import PacedWords
 from tierstore.server.cluster import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
@@ -281,3 +282,57 @@ def test_quix_kill_between_consumer_commit_and_store_flush(
         server.close()
     assert "resumes at tierstore's committed offset" in outcome.fresh_log
     assert_counts(outcome, "tierstore, killed inside the store flush")
+
+
+def test_quix_live_rebalance_two_workers_count_every_record_once(
+    broker: Broker, s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Input keeps arriving while worker 1 runs alone, worker 2 joins the group (one partition
+    each: worker 1's store flushes and releases the shard it loses, worker 2 claims it and
+    resumes at tierstore's offset), and worker 1 then stops with SIGTERM (worker 2 takes both).
+    tierstore's committed state and the highest count sent per word must equal the reference
+    exactly: nothing lost and nothing counted twice across either handover."""
+    from tierstore.adapters.quix import shard_store_name
+
+    words, counts, group = "words-live", "counts-live", "wc-live"
+    create_topics(broker.bootstrap, words, counts)
+    server = tierstore_server(tmp_path, broker, s3_server, s3_bucket)
+    feed = PacedWords(broker.bootstrap, words, PARTITIONS, WORDS, seed=3,
+                      value_of=lambda w: json.dumps({"w": w}).encode())
+
+    def worker(n: int) -> Worker:
+        return Worker(tmp_path / f"live-{n}.log", "--backend", "tierstore", "--bootstrap",
+                      broker.bootstrap, "--group", group, "--input", words, "--output", counts,
+                      "--state-dir", str(tmp_path / f"live-state-{n}"),
+                      "--tierstore", server.address)
+
+    w1 = worker(1)
+    w2: Worker | None = None
+    try:
+        w1.wait(lambda: w1.progress >= 400, 60, "worker 1's first 400 records")
+        w2 = worker(2)
+        second = w2
+        second.wait(lambda: second.progress >= 200, 60, "worker 2's first 200 records")
+        before = w1.progress
+        w1.wait(lambda: w1.progress >= before + 200, 60, "worker 1 going on beside worker 2")
+        split_at = (w1.progress, second.progress)
+        w1.stop()  # SIGTERM: Quix stops, flushes its checkpoint and revokes both partitions
+        after = second.progress
+        second.wait(lambda: second.progress >= after + 400, 60, "worker 2 alone")
+        feed.stop()
+        ends = dict(enumerate(feed.ends))
+        second.wait(lambda: committed(broker.bootstrap, group, words) == ends, 60,
+                    "worker 2's consumer offsets reaching the end of the input")
+        state = read_tierstore_counts(server, shard_store_name("quix.", group, words, "default"))
+    finally:
+        feed.stop()
+        w1.stop()
+        if w2 is not None:
+            w2.stop()
+        server.close()
+    sent = read_max_counts(broker.bootstrap, counts)
+    print(f"\nQUIX live rebalance: {feed.produced} records; both workers counting side by "
+          f"side (worker 1 at {split_at[0]} records, worker 2 at {split_at[1]}) until worker 1 "
+          f"left", flush=True)
+    assert state == dict(feed.ref)
+    assert_counts(Outcome(feed.ref, sent, 0.0, ""), "tierstore, live rebalance")
