@@ -40,6 +40,12 @@ def file_key(store: str, partition: int, sha256: str) -> str:
     return f"{shard_prefix(store, partition)}files/{sha256}"
 
 
+def corrupt_mark_key(store: str, partition: int, sha256: str) -> str:
+    """Where a restore notes that the object `file_key(..., sha256)` failed verification: the
+    next snapshot that has the file uploads it again instead of trusting the object's size."""
+    return f"{shard_prefix(store, partition)}corrupt/{sha256}"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

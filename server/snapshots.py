@@ -4,11 +4,18 @@ Layout, per shard::
 
     shards/{store}/{partition}/manifests/{snapshot_id:020d}.json
     shards/{store}/{partition}/files/{sha256hex}        content-addressed checkpoint files
+    shards/{store}/{partition}/corrupt/{sha256hex}      a restore found that file's object bad
 
 A snapshot is a RocksDB checkpoint. Its files are stored under their sha256, so an immutable SST
 shared by later snapshots is uploaded once. The manifest is written LAST, in one atomic put, so a
 snapshot exists exactly when its manifest does; an upload that fails midway leaves only
 unreferenced files, which ``gc`` removes once they are older than ``gc_grace_s``.
+
+An upload trusts a stored object whose size matches, without reading it back. So an object
+damaged in place (same size) would be shared by every later snapshot of that file, and none of
+them would restore. A restore that finds a bad object therefore leaves a mark beside it, and
+the next upload that has the file writes it again (its true content under its own name, which
+can never harm) and removes the mark.
 
 This module uses only the ObjectStore protocol (never boto3). Calls for different shards may run
 concurrently; calls for the same shard must be serialized by the caller. Two servers writing the
@@ -34,6 +41,7 @@ from tierstore.server.errors import ObjectNotFoundError, SnapshotCorruptError, U
 from tierstore.server.manifest import (
     Manifest,
     SnapshotFile,
+    corrupt_mark_key,
     file_key,
     manifest_key,
     sha256_file,
@@ -140,8 +148,10 @@ class SnapshotStore:
         prefix = shard_prefix(store, partition)
         local = _scan_checkpoint(Path(checkpoint_dir))
         total = sum(f.size for f in local)
-        # one listing instead of one exists() per file; a size mismatch means re-upload
+        # one listing instead of one exists() per file; a size mismatch means re-upload, and
+        # so does a restore's mark that the object failed verification
         stored = {i.key[len(prefix) + 6 :]: i.size for i in self.objects.list(prefix + "files/")}
+        marked = {i.key[len(prefix) + 8 :] for i in self.objects.list(prefix + "corrupt/")}
         with self._lock:
             cache = dict(self._hashes.get((store, partition), {}))
         new_cache: dict[tuple[str, int, int, int], str] = {}
@@ -163,7 +173,7 @@ class SnapshotStore:
                 count["hashed"] += ck not in cache
                 if f.name.endswith(_IMMUTABLE_SUFFIXES):
                     new_cache[ck] = sha
-                need = stored.get(sha) != f.size and sha not in claimed
+                need = (stored.get(sha) != f.size or sha in marked) and sha not in claimed
                 claimed.add(sha)
             if need:
                 key = file_key(store, partition, sha)
@@ -174,6 +184,10 @@ class SnapshotStore:
                     with contextlib.suppress(Exception):
                         self.objects.delete_many([key])
                     raise
+                if sha in marked:
+                    log.warning("snapshot of %s/%d: uploaded %s again (object %s), which a "
+                                "restore had found corrupt", store, partition, f.name, key)
+                    self.objects.delete_many([corrupt_mark_key(store, partition, sha)])
             with lock:
                 if need:
                     uploaded.append(f.name)
@@ -258,7 +272,7 @@ class SnapshotStore:
     def restore_latest(
         self, store: str, partition: int, dest_dir: Path, progress: Progress | None = None,
         accept: Callable[[Manifest], bool] | None = None,
-        on_manifest: Callable[[Manifest], None] | None = None,
+        on_manifest: Callable[[Manifest], None] | None = None, mark_corrupt: bool = True,
     ) -> Manifest | None:
         """Download the newest usable snapshot into `dest_dir` (created; must be absent or
         empty) and return its manifest (with `accept`: the newest one it accepts). Each file
@@ -272,6 +286,10 @@ class SnapshotStore:
         SnapshotCorruptError listing every snapshot tried when
         manifests exist but none is usable, and ObjectStoreError on a transport failure (not a
         reason to fall back to an older snapshot); in both cases dest_dir is left as it was.
+
+        With `mark_corrupt` (the default), an object that fails verification gets a mark that
+        makes the next snapshot upload its file again (module doc); without it the call writes
+        nothing to the object store.
         """
         t0 = time.monotonic()
         dest_dir = Path(dest_dir)
@@ -288,7 +306,7 @@ class SnapshotStore:
                         continue
                     if on_manifest is not None:
                         on_manifest(manifest)
-                    self._download(manifest, dest_dir, progress)
+                    self._download(manifest, dest_dir, progress, mark_corrupt)
                 except ObjectNotFoundError:  # the manifest was deleted by a concurrent gc
                     continue
                 except SnapshotCorruptError as exc:
@@ -310,7 +328,8 @@ class SnapshotStore:
             )
         return None
 
-    def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None) -> None:
+    def _download(self, manifest: Manifest, dest_dir: Path, progress: Progress | None,
+                  mark_corrupt: bool) -> None:
         total, done, lock = manifest.total_bytes, [0], threading.Lock()
         sid = manifest.snapshot_id
         hashing = self.objects if isinstance(self.objects, HashingDownload) else None
@@ -334,6 +353,8 @@ class SnapshotStore:
             elif not sha:
                 sha = sha256_file(target)
             if (size, sha) != (f.size, f.sha256):
+                if mark_corrupt:
+                    self._mark_corrupt(manifest, f, size, sha)
                 raise SnapshotCorruptError(
                     f"snapshot {sid} file {f.name} (object {key}) failed verification: size "
                     f"{size} (expected {f.size}), sha256 {sha} (expected {f.sha256})"
@@ -351,6 +372,17 @@ class SnapshotStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _mark_corrupt(self, manifest: Manifest, f: SnapshotFile, size: int, sha: str) -> None:
+        """Note that f's object failed verification (best effort: without the mark, the next
+        snapshot may share the bad object, and a later restore finds it again)."""
+        key = corrupt_mark_key(manifest.store, manifest.partition, f.sha256)
+        note = (f"found {time.time():.3f}: snapshot {manifest.snapshot_id} file {f.name}: size "
+                f"{size} (expected {f.size}), sha256 {sha} (expected {f.sha256})\n")
+        try:
+            self.objects.put_bytes(key, note.encode())
+        except Exception:
+            log.warning("could not mark %s as corrupt", key, exc_info=True)
 
     # ------------------------------------------------------------------------------ gc
     def gc(self, store: str, partition: int) -> GcResult:
@@ -383,6 +415,9 @@ class SnapshotStore:
         doomed = [i for i in self.objects.list(prefix)
                   if i.key[len(prefix):] not in referenced and i.last_modified <= horizon]
         self.objects.delete_many([i.key for i in doomed])
+        marks = shard_prefix(store, partition) + "corrupt/"
+        self.objects.delete_many([i.key for i in self.objects.list(marks)
+                                  if i.key[len(marks):] not in referenced])
         return GcResult(len(ids) - len(old), len(old), len(doomed), sum(i.size for i in doomed))
 
 

@@ -270,6 +270,49 @@ def test_corrupt_file_falls_back_to_previous_snapshot(
                for r in caplog.records)
 
 
+def test_object_a_restore_found_corrupt_is_uploaded_again_by_the_next_snapshot(
+    objects: ObjectStore, db: Rdict, tmp_path: Path
+) -> None:
+    """An SST object damaged in place (same size) is shared by every later snapshot of the
+    same file, so none of them restores. The restore that finds it marks it, and the next
+    snapshot uploads that file again instead of trusting the object by its size: the runbook's
+    "take a fresh snapshot" repairs the shard, and the older snapshots restore again too."""
+    snaps = SnapshotStore(objects)
+    write(db, 0, 2000, seed=1)
+    m1 = upload(snaps, db, tmp_path, 1)
+    victim = next(f for f in m1.files if f.name.endswith(".sst"))
+    key = file_key(STORE, PART, victim.sha256)
+    objects.put_bytes(key, random.Random(0).randbytes(victim.size))  # same size, wrong bytes
+    m2 = upload(snaps, db, tmp_path, 2)  # nothing new: the damaged object is reused
+    assert victim in m2.files
+    marks = f"shards/{STORE}/{PART}/corrupt/"
+    # A read-only restore (the offline `tierstore restore`) finds it but writes nothing.
+    with pytest.raises(SnapshotCorruptError):
+        snaps.restore_latest(STORE, PART, tmp_path / "r1", mark_corrupt=False)
+    assert list(objects.list(marks)) == []
+    with pytest.raises(SnapshotCorruptError):
+        snaps.restore_latest(STORE, PART, tmp_path / "r1")
+    assert [i.key for i in objects.list(marks)] == [marks + victim.sha256]
+    m3 = upload(snaps, db, tmp_path, 3)
+    stats = snaps.last_upload(STORE, PART)
+    assert stats is not None and victim.name in stats.files_uploaded
+    assert objects.get_bytes(key) == (tmp_path / "db" / victim.name).read_bytes()
+    assert snaps.restore_latest(STORE, PART, tmp_path / "r2") == m3
+    assert contents(tmp_path / "r2") == contents(db)
+    assert snaps.restore_latest(STORE, PART, tmp_path / "r3",
+                                accept=lambda m: m.snapshot_id == 1) == m1
+    # The mark is gone with the repair: the snapshot after next trusts the object again.
+    assert list(objects.list(marks)) == []
+    upload(snaps, db, tmp_path, 4)
+    stats = snaps.last_upload(STORE, PART)
+    assert stats is not None and victim.name not in stats.files_uploaded
+    # gc drops a mark whose file no kept snapshot references.
+    stale = marks + "0" * 64
+    objects.put_bytes(stale, b"found 0: a file of a snapshot gc deleted\n")
+    snaps.gc(STORE, PART)
+    assert list(objects.list(marks)) == []
+
+
 @pytest.mark.parametrize("damage", ["tampered", "garbage"])
 def test_corrupt_manifest_is_skipped(
     objects: ObjectStore, db: Rdict, tmp_path: Path, caplog: pytest.LogCaptureFixture,

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress.bytes(f"download {store}/{partition}") as on_bytes:
             manifest = SnapshotStore(objects).restore_latest(store, partition, work,
-                                                             progress=on_bytes)
+                                                             progress=on_bytes,
+                                                             mark_corrupt=False)
         if manifest is None and not args.kafka_bootstrap:
             raise CommandError(f"{store}/{partition} has no snapshot in {objects.describe()}, "
                                "and without --kafka-bootstrap there is nothing to replay")
