@@ -128,7 +128,12 @@ def _server(tree: Path, data: Path) -> Any:
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree)
     try:
-        return Server(cmd, data.parent / f"{data.name}.log")
+        # Started in the tree: `-m tierstore` finds the current directory's package first.
+        where = subprocess.run(
+            [sys.executable, "-c", "import tierstore; print(tierstore.__file__)"], cwd=tree,
+            capture_output=True, text=True, check=True).stdout.strip()
+        print(f"server of {tree}: tierstore from {Path(where).parent}", flush=True)
+        return Server(cmd, data.parent / f"{data.name}.log", cwd=tree)
     finally:
         if old is None:
             del os.environ["PYTHONPATH"]

@@ -27,12 +27,16 @@ from tierstore.client import Client, connect
 class Server:
     """A server subprocess. `kill9()` for a crash, `terminate()` for a graceful stop."""
 
-    def __init__(self, cmd: Sequence[str], log_path: Path, timeout_s: float = 60.0) -> None:
+    def __init__(self, cmd: Sequence[str], log_path: Path, timeout_s: float = 60.0,
+                 cwd: Path | None = None) -> None:
+        """`cwd`: the directory to start in. `python -m tierstore` imports the package from
+        there before PYTHONPATH, so a run of another source tree must start in that tree."""
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            list(cmd), stdout=subprocess.PIPE, stderr=self._log, env={**os.environ, **S3_ENV}
+            list(cmd), stdout=subprocess.PIPE, stderr=self._log, env={**os.environ, **S3_ENV},
+            cwd=cwd,
         )
         self.pid = self.proc.pid
         try:

@@ -21,7 +21,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # HotTierConfig fields that are configuration keys too (top-level keys, like every other one).
 HOT_KEYS = ("block_cache_bytes", "write_buffer_bytes", "write_buffer_size_per_shard",
-            "max_open_files_per_shard", "rocksdb_statistics")
+            "max_open_files_per_shard", "memtable_bloom_ratio", "rocksdb_statistics")
 
 
 class ConfigError(ValueError):
@@ -172,8 +172,12 @@ class ServerConfig:
             if not peer.startswith("dns:"):
                 _host_port("peers", peer)
         for name in HOT_KEYS:
-            if name != "rocksdb_statistics" and getattr(self.hot, name) <= 0:
+            if name not in ("rocksdb_statistics", "memtable_bloom_ratio") \
+                    and getattr(self.hot, name) <= 0:
                 raise ConfigError(f"{name}: must be positive, got {getattr(self.hot, name)}")
+        if not 0 <= self.hot.memtable_bloom_ratio <= 0.25:
+            raise ConfigError(f"memtable_bloom_ratio: must be from 0 (no filter) to 0.25, got "
+                              f"{self.hot.memtable_bloom_ratio}")
 
     def _check_security_files(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

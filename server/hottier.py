@@ -58,6 +58,11 @@ class HotTierConfig:
     write_buffer_bytes: int = 128 * 1024 * 1024  # all memtables of all shards together
     write_buffer_size_per_shard: int = 16 * 1024 * 1024
     max_open_files_per_shard: int = 256
+    # A bloom filter over each memtable's keys, of this fraction of write_buffer_size_per_shard
+    # (0: none; at most 0.25): a point read of a key the memtable lacks skips its skiplist. Off
+    # by default: RocksDB allocates it whole with every memtable, however little the memtable
+    # holds, so with many shards it costs far more memory than the budget (docs/operations.md).
+    memtable_bloom_ratio: float = 0.0
     # RocksDB statistics per shard database: the block-cache hit and miss counts in /metrics.
     # Costs a few per cent of raw RocksDB throughput (docs/operations.md has the figures).
     rocksdb_statistics: bool = True
@@ -171,6 +176,9 @@ class HotTier:
         opts.set_write_buffer_manager(self._shared.wbm)
         opts.set_max_open_files(self.cfg.max_open_files_per_shard)
         opts.set_atomic_flush(True)
+        if self.cfg.memtable_bloom_ratio > 0:
+            opts.set_memtable_prefix_bloom_ratio(self.cfg.memtable_bloom_ratio)
+            opts.set_memtable_whole_key_filtering(True)  # whole keys: no prefix extractor
         if self.cfg.rocksdb_statistics:
             opts.enable_statistics()
         table = BlockBasedOptions()

@@ -65,6 +65,10 @@ kafka_topic_prefix = "from-file-"
     assert hot.rocksdb_statistics is True
     off = write(tmp_path / "off.toml", "rocksdb_statistics = false\n")
     assert load_config({}, environ={}, config_file=off).hot.rocksdb_statistics is False
+    # the memtable bloom filter is off unless the file sets it
+    assert hot.memtable_bloom_ratio == 0
+    bloom = write(tmp_path / "bloom.toml", "memtable_bloom_ratio = 0.1\n")
+    assert load_config({}, environ={}, config_file=bloom).hot.memtable_bloom_ratio == 0.1
     with pytest.raises(ConfigError, match=r"^rocksdb_statistics: expected true or false"):
         load_config({}, environ={}, config_file=write(tmp_path / "bad.toml",
                                                        "rocksdb_statistics = 3\n"))
@@ -125,6 +129,7 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     ('metrics_listen = "nowhere"\n', "metrics_listen", "HOST:PORT"),
     ("listen = \n", "config", "not valid TOML"),
     ("snapshot_gc_grace_s = -1\n", "snapshot_gc_grace_s", "0 or more"),
+    ("memtable_bloom_ratio = 0.5\n", "memtable_bloom_ratio", "from 0 (no filter) to 0.25"),
     ('object_store = "s3://"\n', "object_store", "s3://bucket/prefix"),
     ('object_store = "s3://bucket?region=x"\n', "object_store", "s3://bucket/prefix"),
     ('object_store = "file://relative/dir"\n', "object_store", "file:///absolute/path"),
