@@ -187,7 +187,11 @@ class SnapshotStore:
                 if sha in marked:
                     log.warning("snapshot of %s/%d: uploaded %s again (object %s), which a "
                                 "restore had found corrupt", store, partition, f.name, key)
-                    self.objects.delete_many([corrupt_mark_key(store, partition, sha)])
+                    try:  # a mark left behind only costs the next snapshot this upload again
+                        self.objects.delete_many([corrupt_mark_key(store, partition, sha)])
+                    except Exception:
+                        log.warning("could not remove the corrupt mark of %s", key,
+                                    exc_info=True)
             with lock:
                 if need:
                     uploaded.append(f.name)
