@@ -33,6 +33,7 @@ class PacedWords:
                       random.Random(seed), chunk, interval_s)
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._failed: list[str] = []  # delivery reports with an error
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -48,7 +49,8 @@ class PacedWords:
                     word = rng.choice(vocab)
                     p = word_partition(word, partitions)
                     self._producer.produce(topic, key=word.encode(),
-                                           value=self._value_of(word), partition=p)
+                                           value=self._value_of(word), partition=p,
+                                           on_delivery=self._delivered)
                     self.ref[word] += 1
                     self.ends[p] += 1
                 self._producer.poll(0)
@@ -56,11 +58,15 @@ class PacedWords:
         except Exception as exc:  # reported by stop()
             self._error = exc
 
+    def _delivered(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self._failed.append(str(err))
+
     def stop(self) -> None:
         """Stop writing and wait until every record written is acknowledged."""
         self._stop.set()
         self._thread.join(30)
         if self._error is not None:
             raise RuntimeError("the input writer failed") from self._error
-        if self._producer.flush(30) != 0:
-            raise RuntimeError("input records were not all delivered")
+        if self._producer.flush(30) != 0 or self._failed:
+            raise RuntimeError(f"input records were not all delivered: {self._failed[:3]}")
