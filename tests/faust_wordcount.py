@@ -54,7 +54,7 @@ def say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-@app.agent(words)
+@app.agent(words, concurrency=int(ENV.get("WC_CONCURRENCY", "1")))
 async def count(stream: Any) -> None:
     async for word in stream:
         counts[word.decode()] += 1

@@ -208,3 +208,25 @@ def test_faust_live_rebalance_two_workers_count_every_record_once(
           f"(worker 1 at {split_at[0]} records, worker 2 at {split_at[1]}) until worker 1 left; "
           f"lost={lost} counted_twice={twice}")
     assert state["got"] == dict(words.ref), (lost, twice)
+
+
+def test_faust_worker_with_a_concurrent_agent_stops_with_the_reason(
+        tmp_path: Path, broker: Broker) -> None:
+    """An agent with concurrency > 1 could lose writes to a tierstore table: the worker claims
+    nothing and stops, and its log says why and what to do."""
+    server = ServerProc(tmp_path / "ts-data")
+    app_id = "wcconc"
+    create_topic(broker.bootstrap, f"{app_id}-words", PARTITIONS)
+    w = Worker({"WC_APP": app_id, "WC_BROKER": broker.bootstrap,
+                "WC_STORE": f"tierstore://{server.address}", "WC_INPUT": f"{app_id}-words",
+                "WC_PARTITIONS": str(PARTITIONS), "WC_END": json.dumps([0] * PARTITIONS),
+                "WC_DATADIR": str(tmp_path / "w"), "WC_DUMP": str(tmp_path / "w.json"),
+                "WC_WEB_PORT": str(free_port()), "WC_CONCURRENCY": "2"}, tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: w.proc.poll() is not None, 90), "the worker kept running"
+        log = w.log_tail(10**6)
+    finally:
+        w.stop()
+        server.close()
+    assert w.proc.returncode != 0
+    assert "concurrency=2" in log and "allow_concurrent_agents=1" in log, log[-3000:]

@@ -201,3 +201,33 @@ def test_no_commit_while_an_earlier_writer_is_in_flight(server: ServerProc) -> N
     assert store._shards[0].committed["ooo:0"] == 7
     _current_event.set(None)
     asyncio.run(store.stop())
+
+
+def test_agents_with_concurrency_are_refused_unless_the_url_allows_them(
+        server: ServerProc) -> None:
+    """An agent with concurrency > 1 acks records out of order, which can drop writes to a
+    tierstore table (docs/adapters.md, Limits): the store claims nothing and says why, unless
+    the URL says that no such agent writes to a tierstore table."""
+    for allow in (False, True):
+        url = f"tierstore://{server.address}" + ("?allow_concurrent_agents=1" if allow else "")
+        app = faust.App(f"unit-conc-{allow}", broker="kafka://127.0.0.1:1", store=url,
+                        topic_partitions=2, web_enabled=False)
+        table = app.Table("counts", default=int, partitions=2, key_type=str, value_type=int)
+
+        async def busy(stream: Any) -> None:
+            async for _ in stream:
+                pass
+
+        app.agent(app.topic(f"conc-in-{allow}"), name="busy", concurrency=3)(busy)
+        store = table.data
+        assert isinstance(store, TierStore)
+        tps = {TP(store.changelog_topic, 0)}
+        if not allow:
+            with pytest.raises(ImproperlyConfigured, match=r"busy \(concurrency=3\).*"
+                                                           r"allow_concurrent_agents=1"):
+                asyncio.run(store.on_rebalance(tps, set(), tps))
+            assert not store._shards
+        else:
+            asyncio.run(store.on_rebalance(tps, set(), tps))
+            assert list(store._shards) == [0]
+            asyncio.run(store.stop())

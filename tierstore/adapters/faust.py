@@ -7,7 +7,8 @@ this module, so the core package never needs faust.
     app = faust.App("wc", broker="kafka://...", store="tierstore://127.0.0.1:7070")
     counts = app.Table("counts", default=int, partitions=8)
 
-URL: ``tierstore://HOST:PORT[,HOST:PORT...][/STORE]?token=...&cache=N&commit_interval=S``.
+URL: ``tierstore://HOST:PORT[,HOST:PORT...][/STORE]?token=...&cache=N&commit_interval=S``
+(and ``&allow_concurrent_agents=1``, see ``_check_agents``).
 The tierstore store name defaults to ``<app id>-<table name>`` (Faust's changelog topic without
 ``-changelog``); commit_interval defaults to Faust's ``broker_commit_interval``.
 
@@ -88,6 +89,9 @@ class TierStore(SerializedStore):
         self.commit_interval = (float(interval) if interval is not None
                                 else float(app.conf.broker_commit_interval))
         self.num_partitions = int(table.partitions or app.conf.topic_partitions)
+        self.allow_concurrent_agents = u.query.get("allow_concurrent_agents", "0") in (
+            "1", "true", "yes")
+        self._agents_checked = False
         self._client: Client | None = None
         self._shards: dict[int, FaustShard] = {}
         self._key_index: LRUCache[bytes, int] = LRUCache(limit=app.conf.table_key_index_size)
@@ -132,6 +136,7 @@ class TierStore(SerializedStore):
         """Commit every shard (Faust has drained the agents by now), release the partitions
         this worker lost, claim the active ones it does not hold yet (in a thread: a claim may
         restore the shard first), and note where each input partition must resume."""
+        self._check_agents()
         mine = self.changelog_topic
         standbys = self.app.assignor.assigned_standbys()
         actives = {tp.partition for tp in assigned if tp.topic == mine and tp not in standbys}
@@ -158,6 +163,30 @@ class TierStore(SerializedStore):
                 if parsed is not None:
                     tp = TP(parsed[0], parsed[1])
                     resume[tp] = min(offset, resume.get(tp, offset))
+
+    def _check_agents(self) -> None:
+        """Refuse to claim anything while an agent runs with concurrency > 1 (once per store,
+        at its first rebalance, when every agent is defined). Faust acks such an agent's
+        records out of order, and a record still running when a later one of its partition
+        commits has its writes dropped as replays (docs/adapters.md, "Limits"): silent loss.
+        Nothing here knows which agents write to which table, so an app whose concurrent
+        agents write to no tierstore table says so with allow_concurrent_agents=1."""
+        if self._agents_checked:
+            return
+        concurrent = sorted(f"{name} (concurrency={agent.concurrency})"
+                            for name, agent in self.app.agents.items()
+                            if getattr(agent, "concurrency", 1) > 1)
+        if concurrent and not self.allow_concurrent_agents:
+            raise ImproperlyConfigured(
+                f"table {self.table.name!r} is in tierstore, and agent(s) "
+                f"{', '.join(concurrent)} run with concurrency > 1: Faust acks their records "
+                "out of order, and a tierstore table written by such an agent can lose writes "
+                "(docs/adapters.md, Limits). Run them with concurrency=1, or, if none of them "
+                "writes to a tierstore table, add allow_concurrent_agents=1 to the store URL")
+        if concurrent:
+            log.warning("tierstore: agents %s run with concurrency > 1 (allowed by the store "
+                        "URL): none of them may write to a tierstore table", concurrent)
+        self._agents_checked = True
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         """Commit shards that imported the Faust changelog, then move the consumer group's
