@@ -26,6 +26,7 @@ from tests.infra import Broker, S3Server, free_port
 from tests.serverproc import ServerProc
 from tests.words import PacedWords
 from tierstore.server.cluster import wait_until
+from tierstore.v1 import store_pb2 as pb
 
 pytest.importorskip("faust")  # the `faust` extra (part of `test`)
 
@@ -225,8 +226,11 @@ def test_faust_worker_with_a_concurrent_agent_stops_with_the_reason(
     try:
         assert wait_until(lambda: w.proc.poll() is not None, 90), "the worker kept running"
         log = w.log_tail(10**6)
+        with server.client() as client:
+            shards = client.stub.Inspect(pb.InspectRequest()).shards
     finally:
         w.stop()
         server.close()
     assert w.proc.returncode != 0
+    assert [s.store for s in shards] == [], "a shard was claimed"
     assert "concurrency=2" in log and "allow_concurrent_agents=1" in log, log[-3000:]
