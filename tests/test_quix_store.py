@@ -47,6 +47,45 @@ def test_flush_commits_writes_and_next_offsets_together() -> None:
     assert kv.committed_offsets == {"words:3": 51}
 
 
+def test_writes_of_records_the_shard_already_reflects_are_dropped() -> None:
+    """Two stores on one stream partition, one flushed further than the other before a crash:
+    the input resumes at the lower offset, and the store that is ahead must not apply those
+    records again (it would count them twice)."""
+    from quixstreams.context import set_message_context
+    from quixstreams.models import MessageContext
+
+    kv = InMemoryKeyValueStore()
+    part = TierstoreStorePartition(kv, partition=3)
+    tx = part.begin()
+    tx.as_state(prefix="w").set("count", 5)
+    tx.as_state(prefix="w").set("seen", 1)
+    tx.prepare(processed_offsets={"words": 99})
+    tx.flush()
+    assert kv.committed_offsets == {"words:3": 100}
+    try:
+        tx = part.begin()
+        state = tx.as_state(prefix="w")
+        set_message_context(MessageContext("words", 3, 60, 0))  # replayed: already in the state
+        state.set("count", state.get("count") + 1)
+        state.delete("seen")
+        assert (state.get("count"), state.get("seen")) == (5, 1)
+        set_message_context(MessageContext("other", 3, 7, 0))  # a topic this shard never had
+        state.set("other", 1)
+        set_message_context(MessageContext("words", 3, 100, 0))  # the first new record
+        state.set("count", state.get("count") + 1)
+        set_message_context(None)
+        state.set("outside", 1)  # no record being processed: kept
+        tx.prepare(processed_offsets={"words": 100, "other": 7})
+        tx.flush()
+    finally:
+        set_message_context(None)
+    assert isinstance(tx, TierstorePartitionTransaction)
+    assert tx.replayed_writes_dropped == 2
+    assert dict(kv.all()) == {b'"w"|"count"': b"6", b'"w"|"seen"': b"1", b'"w"|"other"': b"1",
+                              b'"w"|"outside"': b"1"}
+    assert kv.committed_offsets == {"words:3": 101, "other:3": 8}
+
+
 def test_unsupported_features_fail_clearly() -> None:
     part = TierstoreStorePartition(InMemoryKeyValueStore(), partition=0)
     tx = part.begin()

@@ -43,6 +43,7 @@ from typing import Any, Literal
 try:
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from quixstreams import Application
+    from quixstreams.context import MessageContextNotSetError, message_context
     from quixstreams.state.base import PartitionTransaction, Store, StorePartition
     from quixstreams.state.base.transaction import PartitionTransactionCache
     from quixstreams.state.manager import DEFAULT_STATE_STORE_NAME, StateStoreManager
@@ -207,6 +208,11 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
     `prepare(processed_offsets)` records the offsets, `flush()` commits the writes and
     `offset + 1` per input topic to tierstore together, whether or not anything changed, so the
     shard's committed offsets always say how far its state reaches.
+
+    Writes made while Quix processes a record that the shard's committed state already
+    reflects (its offset is below the shard's committed offset for that topic partition) are
+    dropped: with several tierstore stores on one stream partition, the input resumes at the
+    lowest of their offsets, and the stores that are ahead must not apply those records again.
     """
 
     def __init__(
@@ -215,6 +221,24 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
         super().__init__(partition=partition, dumps=dumps, loads=loads, changelog_producer=None)
         self._ts_partition = partition
         self._processed: dict[str, int] = {}
+        # What the shard's committed state reaches (it changes only when this transaction
+        # flushes), to recognise a record it already reflects.
+        self._done = partition.committed_offsets
+        self.replayed_writes_dropped = 0
+
+    def _replayed(self) -> bool:
+        """True while the record being processed is already in the shard's committed state."""
+        if not self._done:
+            return False
+        try:
+            ctx = message_context()
+        except MessageContextNotSetError:  # a write outside record processing
+            return False
+        done = self._done.get(offset_key(ctx.topic, ctx.partition))
+        if done is None or ctx.offset >= done:
+            return False
+        self.replayed_writes_dropped += 1
+        return True
 
     def set(
         self,
@@ -239,6 +263,23 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
     ) -> None:
         _check_no_ttl(ttl)
         super().set_bytes(key, value, prefix, cf_name=cf_name, timestamp=timestamp)
+
+    def _set_bytes(
+        self,
+        key: Any,
+        value: bytes,
+        prefix: bytes,
+        cf_name: str = DEFAULT_CF,
+        timestamp: int | None = None,
+        ttl: timedelta | None = None,
+    ) -> None:
+        if not self._replayed():
+            super()._set_bytes(key, value, prefix, cf_name=cf_name, timestamp=timestamp,
+                               ttl=ttl)
+
+    def delete(self, key: Any, prefix: bytes, cf_name: str = DEFAULT_CF) -> None:
+        if not self._replayed():
+            super().delete(key, prefix, cf_name=cf_name)
 
     def _prepare(self, processed_offsets: dict[str, int] | None) -> None:
         self._processed = dict(processed_offsets or {})
