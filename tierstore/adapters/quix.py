@@ -240,30 +240,6 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
         self.replayed_writes_dropped += 1
         return True
 
-    def set(
-        self,
-        key: Any,
-        value: Any,
-        prefix: bytes,
-        cf_name: str = DEFAULT_CF,
-        timestamp: int | None = None,
-        ttl: timedelta | None = None,
-    ) -> None:
-        _check_no_ttl(ttl)
-        super().set(key, value, prefix, cf_name=cf_name, timestamp=timestamp)
-
-    def set_bytes(
-        self,
-        key: Any,
-        value: bytes,
-        prefix: bytes,
-        cf_name: str = DEFAULT_CF,
-        timestamp: int | None = None,
-        ttl: timedelta | None = None,
-    ) -> None:
-        _check_no_ttl(ttl)
-        super().set_bytes(key, value, prefix, cf_name=cf_name, timestamp=timestamp)
-
     def _set_bytes(
         self,
         key: Any,
@@ -273,9 +249,10 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
         timestamp: int | None = None,
         ttl: timedelta | None = None,
     ) -> None:
+        # Every set and set_bytes of Quix's transaction ends here, with its ttl.
+        _check_no_ttl(ttl)
         if not self._replayed():
-            super()._set_bytes(key, value, prefix, cf_name=cf_name, timestamp=timestamp,
-                               ttl=ttl)
+            super()._set_bytes(key, value, prefix, cf_name=cf_name, timestamp=timestamp)
 
     def delete(self, key: Any, prefix: bytes, cf_name: str = DEFAULT_CF) -> None:
         if not self._replayed():
