@@ -3,6 +3,7 @@ end-to-end run with Kafka, S3 and a server subprocess is tests/test_quix_adapter
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def test_flush_commits_writes_and_next_offsets_together() -> None:
     assert kv.committed_offsets == {"words:3": 51}
 
 
-def test_writes_of_records_the_shard_already_reflects_are_dropped() -> None:
+def test_writes_of_records_the_shard_already_reflects_are_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
     """Two stores on one stream partition, one flushed further than the other before a crash:
     the input resumes at the lower offset, and the store that is ahead must not apply those
     records again (it would count them twice)."""
@@ -76,11 +78,13 @@ def test_writes_of_records_the_shard_already_reflects_are_dropped() -> None:
         set_message_context(None)
         state.set("outside", 1)  # no record being processed: kept
         tx.prepare(processed_offsets={"words": 100, "other": 7})
-        tx.flush()
+        with caplog.at_level(logging.INFO, logger="tierstore.adapters.quix"):
+            tx.flush()
     finally:
         set_message_context(None)
     assert isinstance(tx, TierstorePartitionTransaction)
     assert tx.replayed_writes_dropped == 2
+    assert any("partition 3 dropped 2 writes" in r.getMessage() for r in caplog.records)
     assert dict(kv.all()) == {b'"w"|"count"': b"6", b'"w"|"seen"': b"1", b'"w"|"other"': b"1",
                               b'"w"|"outside"': b"1"}
     assert kv.committed_offsets == {"words:3": 101, "other:3": 8}

@@ -265,6 +265,10 @@ class TierstorePartitionTransaction(PartitionTransaction[Any, Any]):
         if self._update_cache.is_empty() and not self._processed:
             return
         partition_num = self._ts_partition.partition_num
+        if self.replayed_writes_dropped:
+            logger.info("tierstore: partition %s dropped %d writes of records its committed "
+                        "state already holds (input replayed from a lower offset)",
+                        partition_num, self.replayed_writes_dropped)
         offsets = {offset_key(t, partition_num): o + 1 for t, o in self._processed.items()}
         logger.debug("tierstore: commit partition %s, offsets %s", partition_num, offsets)
         self._ts_partition.commit(self._update_cache, offsets)
