@@ -103,6 +103,7 @@ class Registry:
         self.changelog = changelog
         self.limits = limits
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()  # serializes the creation of new stores
         self._specs: dict[str, StoreSpec] = {}
         self._shards: dict[tuple[str, int], Shard] = {}
         self._loading: dict[tuple[str, int], threading.Lock] = {}
@@ -163,6 +164,20 @@ class Registry:
         """The store's spec, creating the store if this is its first claim. With `partition`, a
         partition out of range is refused before anything is created."""
         existing = self.find_spec(name)
+        if existing is None:
+            # Concurrent first claims (a worker per partition, started together) create the
+            # store once: the others wait here and then find it.
+            with self._create_lock:
+                existing = self.find_spec(name)
+                return self._create_or_reconcile(existing, name, type_, num_partitions,
+                                                 window_size_ms, retention_ms, partition, ttl_ms)
+        return self._create_or_reconcile(existing, name, type_, num_partitions, window_size_ms,
+                                         retention_ms, partition, ttl_ms)
+
+    def _create_or_reconcile(
+        self, existing: StoreSpec | None, name: str, type_: str, num_partitions: int,
+        window_size_ms: int, retention_ms: int, partition: int | None, ttl_ms: int,
+    ) -> StoreSpec:
         spec = reconcile(existing, name, type_, num_partitions, window_size_ms, retention_ms,
                          ttl_ms)
         if partition is not None:

@@ -230,8 +230,15 @@ def test_quickstart_kafka_worker_counts_and_resumes_after_kill(
 
     def start_workers() -> None:
         for p in partitions:
-            procs[p] = subprocess.Popen([sys.executable, str(worker), str(p)], env=env,
-                                        stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            with open(tmp_path / f"worker-{p}.log", "ab") as log:
+                procs[p] = subprocess.Popen([sys.executable, str(worker), str(p)], env=env,
+                                            stderr=log, stdout=log)
+
+    def workers_gone() -> str:
+        """The log tails of the workers that exited (a failed wait says why)."""
+        return "".join(f"\nworker {p} exited {proc.returncode}: "
+                       f"{(tmp_path / f'worker-{p}.log').read_text()[-1500:]}"
+                       for p, proc in procs.items() if proc.poll() is not None)
 
     # Generous bounds (the waits end as soon as the condition holds): 8 worker processes, the
     # server and the broker share 2 cores in CI, and 45 s was once not enough under other load.
@@ -248,7 +255,7 @@ def test_quickstart_kafka_worker_counts_and_resumes_after_kill(
                 if got == want:
                     return
                 time.sleep(0.2)
-        raise AssertionError(f"counts {got}, expected {want}")
+        raise AssertionError(f"counts {got}, expected {want}{workers_gone()}")
 
     def wait_store(timeout_s: float = 120.0) -> None:
         """Until a worker's claim has created the store (produce.py reads it at once)."""
